@@ -1,0 +1,174 @@
+# cython: language_level=3
+"""Compiled per-sample window aggregation (the hot path of every metric sample).
+
+Each slot is one open event-time window of one (entity, metric). Samples are folded in with
+Welford's updates (mean, variance, and the time/value co-moment for the slope), min/max,
+first/last, source offsets, and a bounded value buffer for median and IQR (exact up to
+``buffer_size`` samples per window, a deterministic reservoir beyond). Wrapped by
+:class:`stream.detect.window.WindowStore`; held to a numpy reference by
+``tests/unit/test_window.py``.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.math cimport sqrt, NAN
+
+cnp.import_array()
+
+# column layout of the accumulator array
+DEF C_N = 0
+DEF C_MEAN = 1
+DEF C_M2 = 2
+DEF C_MIN = 3
+DEF C_MAX = 4
+DEF C_FIRST_T = 5
+DEF C_FIRST_V = 6
+DEF C_LAST_T = 7
+DEF C_LAST_V = 8
+DEF C_MEAN_T = 9
+DEF C_M2_T = 10
+DEF C_C_TV = 11
+DEF C_FIRST_OFF = 12
+DEF C_LAST_OFF = 13
+DEF C_PART = 14
+DEF NCOL = 15
+
+NCOLS = NCOL
+
+
+cdef inline unsigned long long _mix(unsigned long long x) nogil:
+    # splitmix64: a deterministic reservoir index from the sample count (restart-safe)
+    x += 0x9E3779B97F4A7C15ULL
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL
+    return x ^ (x >> 31)
+
+
+cdef class WindowAccumulators:
+    """A growable pool of window accumulators addressed by integer slot."""
+
+    cdef public cnp.ndarray acc      # float64 [capacity, NCOL]
+    cdef public cnp.ndarray buf      # float64 [capacity, buffer_size]
+    cdef public int buffer_size
+    cdef list _free
+    cdef public int used
+
+    def __init__(self, int buffer_size=32, int capacity=256):
+        self.buffer_size = buffer_size
+        self.acc = np.zeros((capacity, NCOL), dtype=np.float64)
+        self.buf = np.zeros((capacity, buffer_size), dtype=np.float64)
+        self._free = list(range(capacity - 1, -1, -1))
+        self.used = 0
+
+    def alloc(self):
+        """A fresh, empty slot."""
+        cdef int cap, slot
+        if not self._free:
+            cap = self.acc.shape[0]
+            self.acc = np.concatenate([self.acc, np.zeros((cap, NCOL))])
+            self.buf = np.concatenate([self.buf, np.zeros((cap, self.buffer_size))])
+            self._free = list(range(2 * cap - 1, cap - 1, -1))
+        slot = self._free.pop()
+        self.acc[slot, :] = 0.0
+        self.used += 1
+        return slot
+
+    def release(self, int slot):
+        self._free.append(slot)
+        self.used -= 1
+
+    def update(self, long[::1] slots, double[::1] ts, double[::1] vals, long[::1] offsets, long[::1] partitions):
+        """Fold a batch of samples into their slots, in order."""
+        cdef double[:, ::1] a = self.acc
+        cdef double[:, ::1] b = self.buf
+        cdef Py_ssize_t i, n = slots.shape[0]
+        if ts.shape[0] != n or vals.shape[0] != n or offsets.shape[0] != n or partitions.shape[0] != n:
+            raise ValueError("slots, ts, vals, offsets and partitions must have the same length")
+        with nogil:
+            for i in range(n):
+                _add(a, b, self.buffer_size, slots[i], ts[i], vals[i], offsets[i], partitions[i])
+
+    def add(self, long slot, double t, double v, long offset=-1, long partition=-1):
+        """Fold one sample (the per-event path)."""
+        cdef double[:, ::1] a = self.acc
+        cdef double[:, ::1] b = self.buf
+        _add(a, b, self.buffer_size, slot, t, v, offset, partition)
+
+    def summary(self, long slot):
+        """(count, mean, std, min, max, median, iqr, delta, slope, first_ts, last_ts, first_offset, last_offset, partition)."""
+        cdef double[:, ::1] a = self.acc
+        cdef double n = a[slot, C_N]
+        cdef int k
+        if n == 0:
+            return (0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, -1, -1, -1)
+        k = <int>min(n, self.buffer_size)
+        vals = np.sort(self.buf[slot, :k])
+        q1, med, q3 = np.quantile(vals, (0.25, 0.5, 0.75))
+        std = sqrt(a[slot, C_M2] / n)
+        slope = a[slot, C_C_TV] / a[slot, C_M2_T] if a[slot, C_M2_T] > 0 else 0.0
+        return (int(n), a[slot, C_MEAN], std, a[slot, C_MIN], a[slot, C_MAX], float(med), float(q3 - q1),
+                a[slot, C_LAST_V] - a[slot, C_FIRST_V], slope, a[slot, C_FIRST_T], a[slot, C_LAST_T],
+                int(a[slot, C_FIRST_OFF]), int(a[slot, C_LAST_OFF]), int(a[slot, C_PART]))
+
+    def get_state(self, long slot):
+        """The slot's accumulator row and buffer as one float64 array (for durable state)."""
+        k = int(min(self.acc[slot, C_N], self.buffer_size))
+        return np.concatenate([self.acc[slot], self.buf[slot, :k]])
+
+    def set_state(self, long slot, double[::1] state):
+        self.acc[slot, :] = state[:NCOL]
+        k = state.shape[0] - NCOL
+        self.buf[slot, :k] = state[NCOL:]
+
+
+cdef inline void _add(double[:, ::1] a, double[:, ::1] b, int bsize, long s, double t, double v,
+                      long offset, long partition) noexcept nogil:
+    cdef double n = a[s, C_N] + 1.0
+    cdef double d, dt
+    cdef unsigned long long j
+    a[s, C_N] = n
+    if n == 1.0:
+        a[s, C_MEAN] = v
+        a[s, C_M2] = 0.0
+        a[s, C_MIN] = v
+        a[s, C_MAX] = v
+        a[s, C_FIRST_T] = t
+        a[s, C_FIRST_V] = v
+        a[s, C_LAST_T] = t
+        a[s, C_LAST_V] = v
+        a[s, C_MEAN_T] = t
+        a[s, C_M2_T] = 0.0
+        a[s, C_C_TV] = 0.0
+        a[s, C_FIRST_OFF] = offset
+        a[s, C_LAST_OFF] = offset
+        a[s, C_PART] = partition
+        b[s, 0] = v
+        return
+    d = v - a[s, C_MEAN]
+    dt = t - a[s, C_MEAN_T]
+    a[s, C_MEAN] += d / n
+    a[s, C_MEAN_T] += dt / n
+    a[s, C_M2] += d * (v - a[s, C_MEAN])
+    a[s, C_M2_T] += dt * (t - a[s, C_MEAN_T])
+    a[s, C_C_TV] += dt * (v - a[s, C_MEAN])
+    if v < a[s, C_MIN]:
+        a[s, C_MIN] = v
+    if v > a[s, C_MAX]:
+        a[s, C_MAX] = v
+    # first/last by event time (late or out-of-order samples keep the order right)
+    if t < a[s, C_FIRST_T]:
+        a[s, C_FIRST_T] = t
+        a[s, C_FIRST_V] = v
+    if t >= a[s, C_LAST_T]:
+        a[s, C_LAST_T] = t
+        a[s, C_LAST_V] = v
+    if offset >= 0:
+        if a[s, C_FIRST_OFF] < 0 or offset < a[s, C_FIRST_OFF]:
+            a[s, C_FIRST_OFF] = offset
+        if offset > a[s, C_LAST_OFF]:
+            a[s, C_LAST_OFF] = offset
+    if n <= bsize:
+        b[s, <long>n - 1] = v
+    else:
+        j = _mix(<unsigned long long>n) % <unsigned long long>n
+        if j < <unsigned long long>bsize:
+            b[s, j] = v

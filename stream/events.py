@@ -1,0 +1,152 @@
+"""Decoding and validation of input events (the contract in ``topics/schemas``).
+
+Validation is hand-written for speed (it runs on every message) and kept in step with the JSON
+Schemas by ``tests/unit/test_events.py``, which checks both agree on generated payloads.
+A rejected message never raises: it becomes a :class:`Rejection` that the worker turns into a
+dead-letter record (reason, original bytes in base64, source topic/partition/offset, time).
+"""
+from __future__ import annotations
+
+import base64
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+_METRIC_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:.]*$")
+_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_SAMPLE_KEYS = frozenset(("metric", "labels", "value", "ts"))
+MAX_LABELS = 32
+
+
+@dataclass(slots=True)
+class Sample:
+    """One valid metric sample."""
+
+    metric: str
+    labels: dict[str, str]
+    value: float
+    ts: float
+    series: str  # series id: metric{k=v,...} with labels sorted
+
+
+@dataclass(slots=True)
+class Rejection:
+    reason: str  # machine-readable code
+    error: str  # human-readable detail
+    original: bytes  # the whole message, or the one bad sample of a batch
+    batch_index: int | None = None
+
+
+def series_id(metric: str, labels: dict[str, str]) -> str:
+    """The Kafka key of a series: metric name plus its labels sorted by name.
+
+    >>> series_id("http_latency", {"route": "/x", "host": "a"})
+    'http_latency{host=a,route=/x}'
+    >>> series_id("up", {})
+    'up'
+    """
+    if not labels:
+        return metric
+    return metric + "{" + ",".join(f"{k}={labels[k]}" for k in sorted(labels)) + "}"
+
+
+def _check_sample(obj: Any) -> Sample | tuple[str, str]:
+    if not isinstance(obj, dict):
+        return "wrong_shape", f"a sample must be a JSON object, got {type(obj).__name__}"
+    extra = obj.keys() - _SAMPLE_KEYS
+    if extra:
+        return "unknown_field", f"unknown field(s): {', '.join(sorted(map(str, extra)))}"
+    for key in ("metric", "value", "ts"):
+        if key not in obj:
+            return "missing_field", f"missing field '{key}'"
+    metric = obj["metric"]
+    if not isinstance(metric, str) or not metric or len(metric) > 200 or not _METRIC_RE.match(metric):
+        return "bad_metric", f"'metric' must be a Prometheus metric name, got {metric!r:.80}"
+    value = obj["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "non_numeric", f"'value' must be a number, got {type(value).__name__}"
+    value = float(value)
+    if not math.isfinite(value):
+        return "non_finite", f"'value' must be finite, got {value}"
+    ts = obj["ts"]
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        return "bad_timestamp", f"'ts' must be seconds since the epoch, got {type(ts).__name__}"
+    ts = float(ts)
+    if not math.isfinite(ts) or ts < 0:
+        return "bad_timestamp", f"'ts' must be a finite non-negative number, got {ts}"
+    labels = obj.get("labels") or {}
+    if not isinstance(labels, dict):
+        return "bad_labels", f"'labels' must be an object of strings, got {type(labels).__name__}"
+    if len(labels) > MAX_LABELS:
+        return "bad_labels", f"at most {MAX_LABELS} labels, got {len(labels)}"
+    for k, v in labels.items():
+        if not isinstance(v, str) or len(v) > 500 or len(k) > 100 or not _LABEL_RE.match(k):
+            return "bad_labels", f"label {k!r:.60} must be a name with a string value"
+    return Sample(metric, labels, value, ts, series_id(metric, labels))
+
+
+def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tuple[list[Sample], list[Rejection]]:
+    """Decode one message from the metrics topic.
+
+    Returns the valid samples and one rejection per bad message or bad sample of a batch; the
+    good samples of a mixed batch are kept.
+
+    >>> ok, bad = decode_metrics(b'{"metric":"up","value":1,"ts":10}', max_bytes=1000, max_batch=10)
+    >>> ok[0].series, bad
+    ('up', [])
+    >>> ok, bad = decode_metrics(b'{"samples":[{"metric":"up","value":1,"ts":1},{"metric":"up","value":"x","ts":2}]}',
+    ...                          max_bytes=1000, max_batch=10)
+    >>> len(ok), bad[0].reason, bad[0].batch_index
+    (1, 'non_numeric', 1)
+    """
+    if raw is None:
+        return [], [Rejection("empty", "message has no value (tombstone)", b"")]
+    if len(raw) > max_bytes:
+        return [], [Rejection("oversized", f"message of {len(raw)} bytes exceeds {max_bytes} (STREAM_MAX_MESSAGE_BYTES)", raw)]
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "not_json"
+        return [], [Rejection(reason, f"not valid JSON: {exc}", raw)]
+    if isinstance(obj, dict) and "samples" in obj:
+        batch = obj["samples"]
+        if len(obj) != 1:
+            return [], [Rejection("wrong_shape", "a batch object has only the field 'samples'", raw)]
+        if not isinstance(batch, list) or not batch:
+            return [], [Rejection("wrong_shape", "'samples' must be a non-empty array", raw)]
+        if len(batch) > max_batch:
+            return [], [Rejection("oversized", f"batch of {len(batch)} samples exceeds {max_batch} (STREAM_MAX_BATCH_SAMPLES)", raw)]
+        good: list[Sample] = []
+        bad: list[Rejection] = []
+        for i, item in enumerate(batch):
+            res = _check_sample(item)
+            if isinstance(res, Sample):
+                good.append(res)
+            else:
+                bad.append(Rejection(res[0], f"samples[{i}]: {res[1]}", orjson.dumps(item), i))
+        return good, bad
+    res = _check_sample(obj)
+    if isinstance(res, Sample):
+        return [res], []
+    return [], [Rejection(res[0], res[1], raw)]
+
+
+def deadletter_record(rej: Rejection, *, topic: str, partition: int, offset: int, key: bytes | None) -> dict:
+    """The dead-letter event for a rejection (schema: topics/schemas/deadletter.schema.json)."""
+    return {
+        "reason": rej.reason,
+        "error": rej.error,
+        "original_b64": base64.b64encode(rej.original).decode("ascii"),
+        "batch_index": rej.batch_index,
+        "source": {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "key_b64": base64.b64encode(key).decode("ascii") if key is not None else None,
+        },
+        "time": time.time(),
+    }

@@ -1,0 +1,197 @@
+"""One settings object for every process.
+
+Values come, in increasing priority, from the defaults below, an optional settings file
+(YAML or JSON; ``STREAM_CONFIG_FILE`` or ``stream --config FILE``) whose keys are the field
+names, and environment variables ``STREAM_<FIELD>`` (upper case). The README's settings table
+lists every field; ``tests/unit/test_settings.py`` keeps the two in step.
+
+A bad value fails at start and names where it came from: the variable, or the file and field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+PREFIX = "STREAM_"
+SECRET_FIELDS = {"sasl_password", "ssl_key_password"}
+
+
+class SettingsError(ValueError):
+    """A setting could not be read; the message names the variable or the file and field."""
+
+
+def _f(default: Any, doc: str, *, choices: tuple | None = None, minimum: float | None = None):
+    return field(default=default, metadata={"doc": doc, "choices": choices, "minimum": minimum})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka connection ---------------------------------------------------------------
+    bootstrap_servers: str = _f("127.0.0.1:9092", "Kafka bootstrap servers (host:port,...)")
+    security_protocol: str = _f(
+        "PLAINTEXT", "Kafka security protocol",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    sasl_mechanism: str = _f(
+        "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    sasl_username: str = _f("", "SASL user name")
+    sasl_password: str = _f("", "SASL password (never logged or shown; masked in `stream doctor`)")
+    ssl_cafile: str = _f("", "CA bundle for SSL / SASL_SSL")
+    ssl_certfile: str = _f("", "client certificate for SSL (mutual TLS)")
+    ssl_keyfile: str = _f("", "client key for SSL (mutual TLS)")
+    ssl_key_password: str = _f("", "password of the client key")
+    # --- application ---------------------------------------------------------------------
+    app_id: str = _f("stream-anomaly", "Faust app id = consumer group of the workers")
+    topic_metrics: str = _f("metrics", "input topic of metric samples")
+    topic_alerts: str = _f("alerts", "output topic of alert events")
+    topic_deadletter: str = _f("deadletter", "output topic of rejected input")
+    topic_inferences: str = _f("inferences", "input topic of model-inference events")
+    topic_feedback: str = _f("feedback", "input topic of ground-truth labels")
+    topic_partitions: int = _f(8, "partitions of the input topics and of internal topics", minimum=1)
+    topic_replication: int = _f(1, "replication factor of the topics", minimum=1)
+    specs_dir: str = _f("", "directory of detector / monitor spec YAML files ('' = built-in default)")
+    window_seconds: float = _f(60.0, "default tumbling window size in event-time seconds", minimum=0.001)
+    allowed_lateness_seconds: float = _f(
+        0.0, "how long after a window's end its late events still count", minimum=0.0
+    )
+    max_message_bytes: int = _f(1_048_576, "largest accepted input message; larger ones are dead-lettered", minimum=1)
+    max_batch_samples: int = _f(10_000, "largest accepted batch (samples per message)", minimum=1)
+    entity_ttl_seconds: float = _f(
+        7 * 86400.0, "an entity idle this long (event time) is expired from state", minimum=1.0
+    )
+    processing_guarantee: str = _f(
+        "at_least_once", "Faust processing guarantee", choices=("at_least_once", "exactly_once")
+    )
+    worker_log_level: str = _f("warning", "worker log level", choices=("debug", "info", "warning", "error"))
+    # --- web / metrics -------------------------------------------------------------------
+    web_bind: str = _f("127.0.0.1", "bind address of the worker's web server (/metrics, /health, /ready)")
+    web_port: int = _f(6066, "port of the worker's web server", minimum=0)
+    # --- local broker (stream kafka up) -------------------------------------------------
+    kafka_home: str = _f("", "an unpacked Apache Kafka distribution to use instead of Maven Central jars")
+    kafka_version: str = _f("4.1.1", "Apache Kafka version resolved from Maven Central")
+    kafka_port: int = _f(9092, "local broker's client port", minimum=1)
+    kafka_controller_port: int = _f(9093, "local broker's KRaft controller port", minimum=1)
+    kafka_heap: str = _f("512m", "local broker's JVM heap (-Xmx)")
+    state_dir: str = _f(".var", "project-local folder for broker data, logs, pids and jars (git-ignored)")
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, file: str | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        known = {f.name: f for f in fields(cls)}
+        file = file or environ.get(PREFIX + "CONFIG_FILE") or None
+        if file:
+            for key, raw in _read_file(file).items():
+                if key not in known:
+                    raise SettingsError(f"{file}: unknown field '{key}' (known: {', '.join(known)})")
+                values[key] = _coerce(known[key], raw, f"{file}: field '{key}'")
+        for name, f in known.items():
+            var = PREFIX + name.upper()
+            if var in environ:
+                values[name] = _coerce(f, environ[var], f"environment variable {var}")
+        unknown = [
+            k for k in environ
+            if k.startswith(PREFIX) and k[len(PREFIX):].lower() not in known and k != PREFIX + "CONFIG_FILE"
+        ]
+        if unknown:
+            raise SettingsError(
+                f"unknown environment variable(s) {', '.join(sorted(unknown))}; see the README's settings table"
+            )
+        return cls(**values)
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka (confluent-kafka) connection settings, security included."""
+        cfg = {"bootstrap.servers": self.bootstrap_servers, "security.protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            cfg.update({
+                "sasl.mechanism": self.sasl_mechanism,
+                "sasl.username": self.sasl_username,
+                "sasl.password": self.sasl_password,
+            })
+        if self.security_protocol.endswith("SSL"):
+            for key, val in (("ssl.ca.location", self.ssl_cafile), ("ssl.certificate.location", self.ssl_certfile),
+                             ("ssl.key.location", self.ssl_keyfile), ("ssl.key.password", self.ssl_key_password)):
+                if val:
+                    cfg[key] = val
+        return cfg
+
+    def masked(self) -> dict[str, Any]:
+        """All settings, secrets replaced by '***' (for `stream doctor` and logs)."""
+        out = dataclasses.asdict(self)
+        for k in SECRET_FIELDS:
+            if out.get(k):
+                out[k] = "***"
+        return out
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).resolve()
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError(f"{path}: settings file not found")
+    text = p.read_text()
+    try:
+        if p.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+    except Exception as exc:  # noqa: BLE001 - report any parse error with the file name
+        raise SettingsError(f"{path}: cannot parse settings file: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: settings file must be a mapping of field: value")
+    return data
+
+
+def _coerce(f: dataclasses.Field, raw: Any, where: str) -> Any:
+    typ = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool}[f.type]
+    try:
+        if typ is bool:
+            value = raw if isinstance(raw, bool) else str(raw).strip().lower() in {"1", "true", "yes", "on"}
+        elif typ is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError
+            value = int(raw)
+        elif typ is float:
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError
+        else:
+            value = str(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{where}: expected {typ.__name__}, got {raw!r}") from None
+    choices, minimum = f.metadata.get("choices"), f.metadata.get("minimum")
+    if choices and value not in choices:
+        raise SettingsError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{where}: {value!r} is below the minimum {minimum}")
+    return value
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the dataclass."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        extra = f" (one of {', '.join(f.metadata['choices'])})" if f.metadata.get("choices") else ""
+        rows.append(f"| `{PREFIX}{f.name.upper()}` | `{f.default}` | {f.metadata['doc']}{extra} |")
+    return "\n".join(rows)
+
+
+_cached: Settings | None = None
+
+
+def get_settings(reload: bool = False) -> Settings:
+    global _cached
+    if _cached is None or reload:
+        _cached = Settings.load()
+    return _cached
