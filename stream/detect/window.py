@@ -10,6 +10,7 @@ True
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -51,11 +52,16 @@ class WindowStore:
         self.open: dict[tuple[str, float], _Open] = {}
         self.closed_until: dict[str, float] = {}  # entity -> end of its last closed window
         self.late = 0
+        # one heap of (window start, entity) per lane (a Kafka partition, or 0 offline), so that
+        # closing is O(closed windows), not O(open windows), whatever the number of entities
+        self.heaps: dict[int, list[tuple[float, str]]] = {}
+        self.starts: dict[str, list[float]] = {}  # entity -> its open window starts, ascending
 
     def window_start(self, ts: float) -> float:
         return math.floor(ts / self.size) * self.size
 
-    def add(self, entity: str, metric: str, ts: float, value: float, offset: int = -1, partition: int = -1) -> bool:
+    def add(self, entity: str, metric: str, ts: float, value: float, offset: int = -1, partition: int = -1,
+            lane: int = 0) -> bool:
         start = self.window_start(ts)
         if start < self.closed_until.get(entity, -math.inf):
             self.late += 1
@@ -63,23 +69,44 @@ class WindowStore:
         w = self.open.get((entity, start))
         if w is None:
             w = self.open[(entity, start)] = _Open()
+            heapq.heappush(self.heaps.setdefault(lane, []), (start, entity))
+            lst = self.starts.setdefault(entity, [])
+            lst.append(start)
+            if len(lst) > 1 and lst[-2] > start:
+                lst.sort()
         slot = w.slots.get(metric)
         if slot is None:
             slot = w.slots[metric] = self.acc.alloc()
         self.acc.add(slot, ts, value, offset, partition)
         return True
 
-    def close_until(self, watermark: float, entity: str | None = None) -> list[ClosedWindow]:
-        """Close (and return, oldest first) every open window whose end + lateness <= watermark."""
+    def close_entity(self, entity: str, event_time: float) -> list[ClosedWindow]:
+        """Close the entity's windows that its own event time has passed (end + lateness <= event_time)."""
+        lst = self.starts.get(entity)
         out = []
-        for key in sorted(k for k in self.open if (entity is None or k[0] == entity)
-                          and k[1] + self.size + self.lateness <= watermark):
-            out.append(self._close(key))
+        limit = event_time - self.size - self.lateness
+        while lst and lst[0] <= limit:
+            out.append(self._close((entity, lst[0])))
+        return out
+
+    def close_until(self, watermark: float, lane: int = 0) -> list[ClosedWindow]:
+        """Close (and return, oldest first) the lane's open windows whose end + lateness <= watermark."""
+        out = []
+        heap = self.heaps.get(lane)
+        limit = watermark - self.size - self.lateness
+        while heap and heap[0][0] <= limit:
+            start, entity = heapq.heappop(heap)
+            if (entity, start) in self.open:
+                out.append(self._close((entity, start)))
         return out
 
     def _close(self, key: tuple[str, float]) -> ClosedWindow:
         entity, start = key
         w = self.open.pop(key)
+        lst = self.starts[entity]
+        lst.remove(start)
+        if not lst:
+            del self.starts[entity]
         summary = {}
         for metric, slot in w.slots.items():
             summary[metric] = dict(zip(SUMMARY_FIELDS, self.acc.summary(slot)))
@@ -97,17 +124,23 @@ class WindowStore:
                 out.append([start, {m: self.acc.get_state(s).tolist() for m, s in w.slots.items()}])
         return [self.closed_until.get(entity), out]
 
-    def import_entity(self, entity: str, data: list) -> None:
+    def import_entity(self, entity: str, data: list, lane: int = 0) -> None:
         closed_until, wins = data
         if closed_until is not None:
             self.closed_until[entity] = closed_until
         for start, metrics in wins:
-            w = self.open.setdefault((entity, start), _Open())
+            w = self.open.get((entity, start))
+            if w is None:
+                w = self.open[(entity, start)] = _Open()
+                heapq.heappush(self.heaps.setdefault(lane, []), (start, entity))
+                self.starts.setdefault(entity, []).append(start)
+                self.starts[entity].sort()
             for m, state in metrics.items():
                 slot = w.slots[m] = self.acc.alloc()
                 self.acc.set_state(slot, np.asarray(state, dtype=np.float64))
 
     def drop_entity(self, entity: str) -> None:
+        self.starts.pop(entity, None)
         for key in [k for k in self.open if k[0] == entity]:
             for slot in self.open.pop(key).slots.values():
                 self.acc.release(slot)

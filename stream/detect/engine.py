@@ -1,0 +1,362 @@
+"""Online anomaly detection for every entity of one detector spec.
+
+The flow per entity: samples are folded into event-time windows (compiled accumulators); when
+the watermark passes a window's end the window's features are computed, standardized against
+the entity's own baseline (an EWMA of its normal windows), squashed into [0, 1] and scored by
+Half-Space Trees *before* being learned. The raw score is calibrated into an anomaly grade (its
+tail probability among the entity's recent scores); a decision needs the grade, a score floor
+and a minimum distance from baseline. ADWIN watches each metric's window mean for change: a
+change emits ``data_drift`` and re-warms the entity instead of alerting on the new normal.
+
+>>> from stream.detect.spec import DetectorSpec
+>>> det = Detector(DetectorSpec(window=60, warmup_windows=20))
+>>> import random; rng = random.Random(1)
+>>> alerts = []
+>>> for i in range(60 * 60):                       # one hour of 1-second samples
+...     v = 10 + rng.gauss(0, 1) + (90 if 50 * 60 <= i < 51 * 60 else 0)
+...     alerts += det.ingest("cpu", {"host": "a"}, ts=float(i), value=v)
+>>> [(a["kind"], a["status"], a["window"]["start"]) for a in alerts if a["status"] == "firing"]
+[('anomaly', 'firing', 3000.0)]
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream.detect.models import make_model, model_from_bytes
+from stream.detect.spec import DetectorSpec
+from stream.detect.window import ClosedWindow, WindowStore
+
+STATE_VERSION = 1
+_Z_SCALE = 8.0  # z in [-4, 4] maps onto [0, 1] for the trees
+
+
+def alert_id(*parts: Any) -> str:
+    """Deterministic id: the same (detector, entity, window, kind) always gives the same id."""
+    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
+
+
+class _Entity:
+    __slots__ = ("labels", "lane", "mean", "var", "n_normal", "n_windows", "model", "scores", "expected",
+                 "incident", "normal_streak", "cooldown_until", "adwins", "last_end", "gap_flagged", "metrics",
+                 "last_seen")
+
+    def __init__(self, labels: dict[str, str], lane: int):
+        self.labels = labels
+        self.lane = lane
+        self.mean: dict[str, float] = {}
+        self.var: dict[str, float] = {}
+        self.n_normal = 0
+        self.n_windows = 0
+        self.model = None
+        self.scores: deque[float] = deque()
+        self.expected: dict[str, float] = {}
+        self.incident: dict | None = None
+        self.normal_streak = 0
+        self.cooldown_until = -math.inf
+        self.adwins: dict[str, Any] = {}
+        self.last_end = -math.inf
+        self.gap_flagged = False
+        self.metrics: set[str] = set()
+        self.last_seen = -math.inf
+
+
+class Detector:
+    """All entities of one spec. Pure: no I/O; the caller decodes, ingests and publishes."""
+
+    def __init__(self, spec: DetectorSpec, *, source_topic: str = "metrics"):
+        self.spec = spec
+        self.source_topic = source_topic
+        self.windows = WindowStore(spec.window, spec.allowed_lateness)
+        self.entities: dict[str, _Entity] = {}
+        self.late = 0
+        self.invalid_features = 0
+        self.alpha = 1 - 0.5 ** (1 / spec.baseline_halflife)
+
+    # ------------------------------------------------------------------------ ingest
+    def ingest(self, metric: str, labels: dict[str, str], ts: float, value: float, *, offset: int = -1,
+               partition: int = -1, lane: int = 0) -> list[dict]:
+        """Fold one sample in; returns the alerts of the windows its event time closes.
+
+        A window closes when the entity's own event time passes its end plus the allowed
+        lateness (so replayed history and interleaved partitions work); :meth:`advance` closes
+        the windows of entities that went quiet.
+        """
+        hit = self.spec.entity_of(metric, labels)
+        if hit is None:
+            return []
+        eid, elabels = hit
+        ent = self.entities.get(eid)
+        if ent is None:
+            ent = self.entities[eid] = _Entity(elabels, lane)
+        ent.metrics.add(metric)
+        if ts > ent.last_seen:
+            ent.last_seen = ts
+        if not self.windows.add(eid, metric, ts, value, offset, partition, lane):
+            self.late += 1
+        if eid in self.windows.starts:
+            return self._emit(self.windows.close_entity(eid, ent.last_seen))
+        return []
+
+    # ----------------------------------------------------------------------- advance
+    def advance(self, watermark: float, lane: int = 0) -> list[dict]:
+        """Close the lane's windows up to a watermark (entities gone quiet); returns their alerts."""
+        return self._emit(self.windows.close_until(watermark, lane))
+
+    def _emit(self, windows: list[ClosedWindow]) -> list[dict]:
+        alerts: list[dict] = []
+        for w in windows:
+            alerts.extend(self._on_window(w))
+        firing = [a for a in alerts if a["kind"] == "anomaly" and a["status"] == "firing"]
+        if len(firing) > 1:  # other entities anomalous in the same window
+            by_window: dict[float, list[dict]] = {}
+            for a in firing:
+                by_window.setdefault(a["window"]["start"], []).append(a)
+            for group in by_window.values():
+                for a in group:
+                    a["related"] = [b["series"]["id"] for b in group if b is not a]
+        return alerts
+
+    def _features(self, ent: _Entity, w: ClosedWindow) -> dict[str, float]:
+        feats: dict[str, float] = {}
+        for metric in sorted(w.summary):
+            s = w.summary[metric]
+            exp = ent.expected.get(metric)
+            for f in self.spec.features:
+                if f == "availability":
+                    v = min(1.0, s["count"] / exp) if exp else 1.0
+                else:
+                    v = float(s[f])
+                if not math.isfinite(v):
+                    self.invalid_features += 1
+                    continue  # NaN / inf never reach a model: treated as missing, counted
+                feats[f"{metric}:{f}"] = v
+        return feats
+
+    def _on_window(self, w: ClosedWindow) -> list[dict]:
+        spec = self.spec
+        ent = self.entities[w.entity]
+        out: list[dict] = []
+        gap = 0
+        if ent.last_end > -math.inf:
+            gap = int(round((w.start - ent.last_end) / spec.window))
+        ent.last_end = w.end
+        ent.gap_flagged = False
+        ent.n_windows += 1
+        feats = self._features(ent, w)
+        for metric, s in w.summary.items():  # learn the expected sample count per window
+            e = ent.expected.get(metric)
+            ent.expected[metric] = s["count"] if e is None else e + 0.05 * (s["count"] - e)
+        # --- standardize against the entity's baseline --------------------------------------------
+        z: dict[str, float] = {}
+        for k, v in feats.items():
+            m = ent.mean.get(k)
+            if m is None:
+                z[k] = 0.0
+                continue
+            sd = math.sqrt(ent.var[k])
+            floor = 1e-3 * max(abs(m), 1e-9) + 1e-9  # a constant feature still gets a finite z
+            z[k] = (v - m) / max(sd, floor)
+        x = {k: min(1.0, max(0.0, 0.5 + zk / _Z_SCALE)) for k, zk in z.items()}
+        warm = ent.n_normal >= spec.warmup_windows
+        if ent.model is None:
+            ent.model = make_model(spec.model)
+        score = float(ent.model.score_one(x)) if warm else 0.0
+        scores = ent.scores
+        grade = (sum(1 for s in scores if s < score) / len(scores)) if (warm and scores) else 0.0
+        znorm = math.sqrt(sum(v * v for v in z.values()))  # distance from baseline, in std units
+        thr = spec.threshold
+        anomalous = warm and grade >= thr.grade and score >= thr.score_floor and znorm >= thr.min_z
+        # --- drift ---------------------------------------------------------------------------------
+        drift_alert = None
+        if spec.drift and not anomalous and warm:
+            drift_alert = self._drift(ent, w, feats)
+        # --- lifecycle -----------------------------------------------------------------------------
+        if anomalous:
+            ent.normal_streak = 0
+            if ent.incident is None and w.start >= ent.cooldown_until:
+                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap)
+                ent.incident = {"id": a["alert_id"], "start": w.start}
+                out.append(a)
+        else:
+            ent.normal_streak += 1
+            if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
+                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap)
+                a["incident_id"] = ent.incident["id"]
+                out.append(a)
+                ent.incident = None
+                ent.cooldown_until = w.end + spec.cooldown_windows * spec.window
+        if drift_alert is not None:
+            out.append(drift_alert)
+        # --- learn (after scoring: strictly online) ---------------------------------------------
+        if warm:
+            scores.append(score)
+            if len(scores) > thr.history:
+                scores.popleft()
+        if not anomalous:
+            ent.model.learn_one(x)
+            self._update_baseline(ent, feats)
+        return out
+
+    def _update_baseline(self, ent: _Entity, feats: dict[str, float]) -> None:
+        a = self.alpha if ent.n_normal >= self.spec.warmup_windows else 1.0 / (ent.n_normal + 1)
+        for k, v in feats.items():
+            m = ent.mean.get(k)
+            if m is None:
+                ent.mean[k], ent.var[k] = v, 0.0
+                continue
+            d = v - m
+            ent.mean[k] = m + a * d
+            ent.var[k] = (1 - a) * (ent.var[k] + a * d * d)
+        ent.n_normal += 1
+
+    def _drift(self, ent: _Entity, w: ClosedWindow, feats: dict[str, float]) -> dict | None:
+        from river.drift import ADWIN
+
+        changed = []
+        for metric in sorted(w.summary):
+            v = feats.get(f"{metric}:mean")
+            if v is None:
+                continue
+            ad = ent.adwins.get(metric)
+            if ad is None:
+                ad = ent.adwins[metric] = ADWIN(delta=self.spec.drift_delta)
+            before = ad.estimation
+            ad.update(v)
+            if ad.drift_detected:
+                changed.append({"metric": metric, "before_mean": before, "after_mean": ad.estimation,
+                                "change_point": w.end - ad.width * self.spec.window, "window_width": ad.width})
+        if not changed:
+            return None
+        a = self._base(ent, w, "data_drift", "firing")
+        a["drift"] = {"detector": "ADWIN", "delta": self.spec.drift_delta, "changes": changed,
+                      "change_point": min(c["change_point"] for c in changed)}
+        a["features"] = feats
+        a["baseline"] = self._baseline(ent, feats)
+        a["score"] = max(abs(c["after_mean"] - c["before_mean"]) for c in changed)
+        a["threshold"] = {"adwin_delta": self.spec.drift_delta}
+        # the new normal: re-warm the model and the baseline instead of alerting on it for ever
+        ent.model = make_model(self.spec.model)
+        ent.mean.clear(); ent.var.clear(); ent.n_normal = 0; ent.scores.clear()
+        ent.adwins.clear()
+        return a
+
+    # ------------------------------------------------------------------------ alerts
+    def _baseline(self, ent: _Entity, feats: dict[str, float]) -> dict:
+        return {k: {"mean": ent.mean[k], "std": math.sqrt(ent.var[k])} for k in feats if k in ent.mean}
+
+    def _base(self, ent: _Entity, w: ClosedWindow, kind: str, status: str) -> dict:
+        spec = self.spec
+        ranges = sorted(
+            ({"partition": s["partition"], "first_offset": s["first_offset"], "last_offset": s["last_offset"], "metric": m}
+             for m, s in w.summary.items() if s["first_offset"] >= 0),
+            key=lambda r: (r["partition"], r["first_offset"]),
+        )
+        first = ranges[0] if ranges else {"partition": None, "first_offset": None, "last_offset": None}
+        eid = w.entity
+        return {
+            "alert_id": alert_id(spec.name, eid, w.start, w.end, kind, status),
+            "status": status,
+            "kind": kind,
+            "detector": spec.name,
+            "severity": spec.severity,
+            "series": {"id": eid, "labels": ent.labels, "metrics": sorted(w.summary)},
+            "window": {"start": w.start, "end": w.end},
+            "source": {"topic": self.source_topic, "partition": first["partition"],
+                       "first_offset": first["first_offset"], "last_offset": first["last_offset"], "ranges": ranges},
+            "summary": {m: {k: s[k] for k in ("count", "mean", "std", "min", "max", "median", "first_ts", "last_ts")}
+                        for m, s in w.summary.items()},
+            "related": [],
+            "created_at": time.time(),
+        }
+
+    def _alert(self, ent: _Entity, w: ClosedWindow, kind: str, status: str, feats: dict, z: dict,
+               score: float, grade: float, gap: int) -> dict:
+        spec = self.spec
+        a = self._base(ent, w, kind, status)
+        total = sum(abs(v) for v in z.values()) or 1.0
+        attribution = sorted(
+            ({"feature": k, "share": abs(z[k]) / total,
+              "direction": "high" if z[k] > 1 else "low" if z[k] < -1 else "normal",
+              "value": feats[k], "z": z[k],
+              "baseline": {"mean": ent.mean.get(k), "std": math.sqrt(ent.var[k]) if k in ent.var else None}}
+             for k in z),
+            key=lambda r: -r["share"],
+        )
+        a.update({
+            "features": feats,
+            "score": score,
+            "grade": grade,
+            "threshold": {"grade": spec.threshold.grade, "score_floor": spec.threshold.score_floor,
+                          "min_z": spec.threshold.min_z, "history": len(ent.scores)},
+            "attribution": attribution,
+            "baseline": self._baseline(ent, feats),
+            "model": {"type": "HalfSpaceTrees", "params": vars(spec.model) if hasattr(spec.model, "__dict__") else {},
+                      "windows_seen": ent.n_windows, "normal_windows_learned": ent.n_normal,
+                      "warm": ent.n_normal >= spec.warmup_windows, "warmup_windows": spec.warmup_windows},
+            "imputed_gap_windows": gap - 1 if 1 < gap <= spec.impute_max_windows + 1 else 0,
+        })
+        if gap > spec.impute_max_windows + 1:
+            a["gap_windows"] = gap - 1
+        return a
+
+    # ------------------------------------------------------------------ durable state
+    def export_state(self, eid: str) -> bytes:
+        """The entity's whole state (open windows, baseline, model, threshold, drift, lifecycle), versioned."""
+        import pickle
+
+        ent = self.entities[eid]
+        body = {
+            "labels": ent.labels, "lane": ent.lane, "mean": ent.mean, "var": ent.var, "n_normal": ent.n_normal,
+            "n_windows": ent.n_windows, "scores": list(ent.scores), "expected": ent.expected,
+            "incident": ent.incident, "normal_streak": ent.normal_streak,
+            "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
+            "last_end": ent.last_end if math.isfinite(ent.last_end) else None,
+            "last_seen": ent.last_seen if math.isfinite(ent.last_seen) else None,
+            "metrics": sorted(ent.metrics), "windows": self.windows.export_entity(eid),
+        }
+        model = ent.model.to_bytes() if ent.model is not None else b""
+        adw = pickle.dumps(ent.adwins, protocol=5) if ent.adwins else b""
+        head = orjson.dumps(body)
+        return bytes([STATE_VERSION]) + len(head).to_bytes(4, "big") + head + len(model).to_bytes(4, "big") + model + adw
+
+    def import_state(self, eid: str, data: bytes) -> None:
+        import pickle
+
+        if not data or data[0] != STATE_VERSION:
+            raise ValueError(f"unsupported entity state version {data[:1]!r}")
+        n = int.from_bytes(data[1:5], "big")
+        body = orjson.loads(data[5:5 + n])
+        m = int.from_bytes(data[5 + n:9 + n], "big")
+        model = data[9 + n:9 + n + m]
+        adw = data[9 + n + m:]
+        self.drop(eid)
+        ent = self.entities[eid] = _Entity(body["labels"], body["lane"])
+        ent.mean, ent.var = body["mean"], body["var"]
+        ent.n_normal, ent.n_windows = body["n_normal"], body["n_windows"]
+        ent.scores = deque(body["scores"])
+        ent.expected, ent.incident, ent.normal_streak = body["expected"], body["incident"], body["normal_streak"]
+        ent.cooldown_until = body["cooldown_until"] if body["cooldown_until"] is not None else -math.inf
+        ent.last_end = body["last_end"] if body["last_end"] is not None else -math.inf
+        ent.last_seen = body["last_seen"] if body["last_seen"] is not None else -math.inf
+        ent.metrics = set(body["metrics"])
+        ent.model = model_from_bytes(model) if model else None
+        ent.adwins = pickle.loads(adw) if adw else {}
+        self.windows.import_entity(eid, body["windows"], ent.lane)
+
+    def drop(self, eid: str) -> None:
+        self.entities.pop(eid, None)
+        self.windows.drop_entity(eid)
+
+    def expire(self, now_event_time: float, ttl: float) -> list[str]:
+        """Forget entities idle (in event time) for longer than ttl; returns their ids."""
+        gone = [e for e, ent in self.entities.items() if ent.last_seen < now_event_time - ttl]
+        for e in gone:
+            self.drop(e)
+        return gone

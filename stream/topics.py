@@ -1,0 +1,97 @@
+"""The topic contract (``topics/*.yaml``) and its idempotent application through the AdminClient."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stream.settings import Settings
+
+TOPICS_DIR = Path(__file__).resolve().parent.parent / "topics"
+
+
+class TopicSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    file: str
+    name: str
+    partitions: int
+    replication: int
+    config: dict[str, str]
+    key: str
+    schema: str | None
+
+
+def load_topic_specs(settings: Settings, directory: Path = TOPICS_DIR) -> list[TopicSpec]:
+    import yaml
+
+    out = []
+    for f in sorted(directory.glob("*.yaml")):
+        d = yaml.safe_load(f.read_text())
+        if not isinstance(d, dict):
+            raise TopicSpecError(f"{f}: must be a mapping")
+        for fld in ("name", "partitions", "key"):
+            if fld not in d:
+                raise TopicSpecError(f"{f}: field '{fld}' is required")
+        name = getattr(settings, d["setting"]) if d.get("setting") else d["name"]
+        partitions = int(d["partitions"])
+        if d.get("setting") in ("topic_metrics", "topic_inferences", "topic_feedback", "topic_alerts"):
+            partitions = settings.topic_partitions if partitions == 8 else partitions
+        replication = max(int(d.get("replication", 1)), settings.topic_replication)
+        cfg = {k: str(v) for k, v in (d.get("config") or {}).items()}
+        out.append(TopicSpec(str(f), name, partitions, replication, cfg, d["key"], d.get("schema")))
+    return out
+
+
+def apply_topics(settings: Settings, *, timeout: float = 30.0, log=print) -> list[dict[str, Any]]:
+    """Create missing topics, raise partition counts, update configs. Idempotent.
+
+    Returns one row per topic: name and action (created / updated / unchanged).
+    Partitions are never decreased (Kafka cannot); a topic with more partitions than declared is
+    reported, not changed.
+    """
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+    admin = AdminClient(settings.kafka_client_config())
+    specs = load_topic_specs(settings)
+    try:
+        md = admin.list_topics(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001
+        raise RuntimeError(f"cannot reach Kafka at {settings.bootstrap_servers} (STREAM_BOOTSTRAP_SERVERS): {exc}") from None
+    rows = []
+    to_create = [t for t in specs if t.name not in md.topics]
+    if to_create:
+        fs = admin.create_topics([NewTopic(t.name, t.partitions, t.replication, config=t.config) for t in to_create],
+                                 operation_timeout=timeout)
+        for name, fut in fs.items():
+            try:
+                fut.result()
+            except Exception as exc:  # noqa: BLE001
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise RuntimeError(f"creating topic {name}: {exc}") from None
+            rows.append({"topic": name, "action": "created"})
+    for t in specs:
+        if t in to_create:
+            continue
+        actions = []
+        current = len(md.topics[t.name].partitions)
+        if current < t.partitions:
+            admin.create_partitions([NewPartitions(t.name, t.partitions)])[t.name].result()
+            actions.append(f"partitions {current}->{t.partitions}")
+        elif current > t.partitions:
+            actions.append(f"has {current} partitions (declared {t.partitions}; Kafka cannot shrink)")
+        res = ConfigResource(ConfigResource.Type.TOPIC, t.name)
+        described = admin.describe_configs([res])[res].result()
+        changed = {k: v for k, v in t.config.items() if k not in described or described[k].value != v}
+        if changed:
+            for k, v in t.config.items():
+                res.set_config(k, v)
+            admin.alter_configs([res])[res].result()
+            actions.append("config " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+        rows.append({"topic": t.name, "action": "updated: " + "; ".join(actions) if actions else "unchanged"})
+    for r in rows:
+        log(f"{r['topic']:<24} {r['action']}")
+    return rows

@@ -1,0 +1,164 @@
+"""The Faust worker: thin adapters around the pure core.
+
+Two agents:
+
+``ingest`` (on the metrics topic)
+    decode → dead-letter what is invalid → route each valid sample to its detectors' entities
+    and forward it, batched per entity, to the internal topic ``<app_id>-entity-samples``,
+    keyed by entity. Entities may span series (``group_by``), and series of one entity may sit
+    on different input partitions: re-keying puts each entity's samples, its state table and
+    its changelog on one partition.
+
+``detect`` (on the internal topic)
+    hand the samples to :class:`stream.detect.engine.Detector`, publish its alerts, and store
+    the entity's serialized state in the changelog-backed table ``entity-state`` together with
+    the offset it reflects (a replay after a crash skips what the state already holds).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+import orjson
+
+from stream.detect.engine import Detector
+from stream.detect.spec import load_specs
+from stream.events import decode_metrics, deadletter_record
+from stream.settings import Settings, get_settings
+
+log = logging.getLogger("stream.worker")
+
+
+def faust_broker_kwargs(s: Settings) -> dict[str, Any]:
+    """Faust (aiokafka) connection settings, security included."""
+    kw: dict[str, Any] = {"broker": ";".join(f"kafka://{b.strip()}" for b in s.bootstrap_servers.split(","))}
+    proto = s.security_protocol
+    if proto.startswith("SASL"):
+        ssl_context = None
+        if proto == "SASL_SSL":
+            import ssl
+
+            ssl_context = ssl.create_default_context(cafile=s.ssl_cafile or None)
+        kw["broker_credentials"] = faust.SASLCredentials(
+            username=s.sasl_username, password=s.sasl_password, mechanism=s.sasl_mechanism, ssl_context=ssl_context
+        )
+    elif proto == "SSL":
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=s.ssl_cafile or None)
+        if s.ssl_certfile:
+            ctx.load_cert_chain(s.ssl_certfile, s.ssl_keyfile or None, s.ssl_key_password or None)
+        kw["broker_credentials"] = faust.SSLCredentials(ctx)
+    return kw
+
+
+class Pipeline:
+    """The worker's state and logic, independent of Faust so it can be reasoned about alone."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        specs = load_specs(settings.specs_dir or None, window=settings.window_seconds,
+                           lateness=settings.allowed_lateness_seconds)
+        self.detectors = {s.name: Detector(s, source_topic=settings.topic_metrics) for s in specs}
+        self.counters: dict[str, int] = {"processed": 0, "deadlettered": 0, "late": 0, "alerts": 0}
+
+    def route(self, samples) -> dict[bytes, list]:
+        """Samples grouped by entity key (detector/entity) for the internal topic."""
+        out: dict[bytes, list] = {}
+        for det in self.detectors.values():
+            spec = det.spec
+            for s in samples:
+                hit = spec.entity_of(s.metric, s.labels)
+                if hit is not None:
+                    out.setdefault(hit[0].encode(), []).append(s)
+        return out
+
+
+def build_app(settings: Settings | None = None) -> faust.App:
+    s = settings or get_settings()
+    app = faust.App(
+        s.app_id,
+        **faust_broker_kwargs(s),
+        store="memory://",
+        topic_partitions=s.topic_partitions,
+        topic_replication_factor=s.topic_replication,
+        processing_guarantee=s.processing_guarantee,
+        web_bind=s.web_bind,
+        web_port=s.web_port,
+        web_host=s.web_bind,
+        producer_max_request_size=max(s.max_message_bytes * 2, 1_048_576),
+        consumer_max_fetch_size=max(s.max_message_bytes * 2, 4 * 1_048_576),
+        stream_wait_empty=False,
+        table_cleanup_interval=60.0,
+    )
+    pipe = Pipeline(s)
+    app.pipeline = pipe  # type: ignore[attr-defined]
+
+    metrics_topic = app.topic(s.topic_metrics, key_type=bytes, value_type=bytes,
+                              key_serializer="raw", value_serializer="raw")
+    alerts_topic = app.topic(s.topic_alerts, key_serializer="raw", value_serializer="raw")
+    deadletter_topic = app.topic(s.topic_deadletter, key_serializer="raw", value_serializer="raw")
+    entity_topic = app.topic(f"{s.app_id}-entity-samples", key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw",
+                             partitions=s.topic_partitions, internal=True)
+    state = app.Table("entity-state", default=None, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw", partitions=s.topic_partitions)
+
+    @app.agent(metrics_topic)
+    async def ingest(stream):
+        async for event in stream.events():
+            msg = event.message
+            good, bad = decode_metrics(event.value, max_bytes=s.max_message_bytes, max_batch=s.max_batch_samples)
+            for rej in bad:
+                rec = deadletter_record(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=event.key)
+                await deadletter_topic.send(key=f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
+                                            value=orjson.dumps(rec))
+                pipe.counters["deadlettered"] += 1
+            if not good:
+                continue
+            for key, samples in pipe.route(good).items():
+                payload = [[x.metric, x.labels, x.ts, x.value, msg.partition, msg.offset] for x in samples]
+                await entity_topic.send(key=key, value=orjson.dumps(payload))
+
+    @app.agent(entity_topic)
+    async def detect(stream):
+        async for event in stream.events():
+            key: bytes = event.key
+            offset = event.message.offset
+            eid = key.decode()
+            det = pipe.detectors.get(eid.split("/", 1)[0])
+            if det is None:
+                continue  # a detector removed since the sample was routed
+            if eid not in det.entities:
+                stored = state.get(key)
+                if stored is not None:
+                    det.import_state(eid, stored[8:])
+                    if int.from_bytes(stored[:8], "big") >= offset:
+                        continue  # already reflected in the recovered state (replay after a crash)
+            else:
+                stored = state.get(key)
+                if stored is not None and int.from_bytes(stored[:8], "big") >= offset:
+                    continue
+            alerts = []
+            for metric, labels, ts, value, part, off in orjson.loads(event.value):
+                alerts += det.ingest(metric, labels, ts, value, offset=off, partition=part,
+                                     lane=event.message.partition)
+                pipe.counters["processed"] += 1
+            for a in alerts:
+                await alerts_topic.send(key=a["series"]["id"].encode(), value=orjson.dumps(a))
+                pipe.counters["alerts"] += 1
+            state[key] = offset.to_bytes(8, "big") + det.export_state(eid)
+
+    return app
+
+
+def run_worker(settings: Settings | None = None, loglevel: str | None = None) -> int:
+    s = settings or get_settings()
+    app = build_app(s)
+    from faust.worker import Worker
+
+    worker = Worker(app, loglevel=(loglevel or s.worker_log_level).upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
