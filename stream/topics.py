@@ -46,7 +46,15 @@ def load_topic_specs(settings: Settings, directory: Path = TOPICS_DIR) -> list[T
     return out
 
 
-def apply_topics(settings: Settings, *, timeout: float = 30.0, log=print) -> list[dict[str, Any]]:
+def internal_topics(settings: Settings) -> list[TopicSpec]:
+    """The worker's internal repartition topic (its table changelogs are Faust's own)."""
+    return [TopicSpec("<internal>", f"{settings.app_id}-entity-samples", settings.topic_partitions,
+                      settings.topic_replication, {"cleanup.policy": "delete", "retention.ms": "86400000"},
+                      "entity id (detector/entity)", None)]
+
+
+def apply_topics(settings: Settings, *, timeout: float = 30.0, log=print, internal: bool = True,
+                 declared: bool = True) -> list[dict[str, Any]]:
     """Create missing topics, raise partition counts, update configs. Idempotent.
 
     Returns one row per topic: name and action (created / updated / unchanged).
@@ -56,7 +64,7 @@ def apply_topics(settings: Settings, *, timeout: float = 30.0, log=print) -> lis
     from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
     admin = AdminClient(settings.kafka_client_config())
-    specs = load_topic_specs(settings)
+    specs = (load_topic_specs(settings) if declared else []) + (internal_topics(settings) if internal else [])
     try:
         md = admin.list_topics(timeout=timeout)
     except Exception as exc:  # noqa: BLE001

@@ -103,8 +103,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
     entity_topic = app.topic(f"{s.app_id}-entity-samples", key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw",
                              partitions=s.topic_partitions, internal=True)
-    state = app.Table("entity-state", default=None, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw", partitions=s.topic_partitions)
+    state = app.Table("entity-state", default=None, partitions=s.topic_partitions,
+                      schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+                      help="serialized per-entity detector state (stream.detect.engine.Detector.export_state)")
 
     @app.agent(metrics_topic)
     async def ingest(stream):
@@ -156,6 +157,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
 def run_worker(settings: Settings | None = None, loglevel: str | None = None) -> int:
     s = settings or get_settings()
+    from stream.topics import apply_topics
+
+    # The internal topic must exist before the agents subscribe (a missing topic is ignored for good).
+    apply_topics(s, declared=False, log=lambda line: log.info("topic %s", line))
     app = build_app(s)
     from faust.worker import Worker
 

@@ -10,8 +10,9 @@ Layout conventions (all C-contiguous):
 * a batch is ``rows x features``;
 * per-feature tables are padded to the widest feature, with the real width in a separate
   ``int32`` vector (``n_inner``, ``n_uniq``, ``n_bins``);
-* a numeric value's **bin** is the number of interior edges ``<= value`` (``np.searchsorted(
-  inner, v, side="right")``), so bins are ``[e_i, e_{i+1})`` with ``-inf``/``+inf`` outer edges;
+* a numeric value's **bin** is the number of interior edges ``< value`` (``np.searchsorted(
+  inner, v, side="left")``), so bins are right-closed, ``(e_i, e_{i+1}]``, with ``-inf``/``+inf``
+  outer edges (the pairing that balances bins cut at ``inverted_cdf`` quantiles);
 * a numeric value's **KS cell** locates it against the distinct reference-sample points
   ``u_0 < ... < u_{m-1}``: cell ``2k`` is strictly between ``u_{k-1}`` and ``u_k`` (cell 0 is
   below ``u_0``, cell ``2m`` above ``u_{m-1}``), cell ``2k+1`` is equal to ``u_k``. Counting the
@@ -27,18 +28,6 @@ cnp.import_array()
 
 ctypedef cnp.int32_t i32
 ctypedef cnp.int64_t i64
-
-
-cdef inline Py_ssize_t _upper(const double* a, Py_ssize_t n, double v) noexcept nogil:
-    """Number of a[i] <= v (a sorted ascending)."""
-    cdef Py_ssize_t lo = 0, hi = n, mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] <= v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 cdef inline Py_ssize_t _lower(const double* a, Py_ssize_t n, double v) noexcept nogil:
@@ -65,7 +54,7 @@ def bin_values(const double[:, ::1] X, const double[:, ::1] inner, const i32[::1
                 if isnan(v):
                     out[r, f] = -1
                 else:
-                    out[r, f] = <i32>_upper(&inner[f, 0], n_inner[f], v)
+                    out[r, f] = <i32>_lower(&inner[f, 0], n_inner[f], v)
 
 
 def cell_values(const double[:, ::1] X, const double[:, ::1] uniq, const i32[::1] n_uniq,
@@ -122,7 +111,7 @@ def window_update_numeric(const double[:, ::1] X,
                     ring_cells[pos, f] = -1
                     null_counts[f] += 1
                 else:
-                    b = _upper(&inner[f, 0], n_inner[f], v)
+                    b = _lower(&inner[f, 0], n_inner[f], v)
                     m = n_uniq[f]
                     k = _lower(&uniq[f, 0], m, v)
                     if k < m and uniq[f, k] == v:

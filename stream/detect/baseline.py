@@ -144,14 +144,15 @@ class NumericBaseline:
     """Reference of one numeric feature: quantile bin edges, bin counts, a bounded sample.
 
     ``edges`` are ``[-inf, q_1, ..., q_{b-1}, +inf]`` with the interior edges the distinct
-    reference quantiles at ``i / bins`` (numpy's default linear interpolation); bin ``i`` is
-    ``[edges[i], edges[i+1])``. ``sample`` is sorted and holds all the reference values if there
+    reference quantiles at ``i / bins`` (``np.quantile(..., method="inverted_cdf")``: actual
+    reference values, so discrete data get no edges between its values); bins are right-closed,
+    bin ``i`` is ``(edges[i], edges[i+1]]``, which makes them balanced on the reference. ``sample`` is sorted and holds all the reference values if there
     are at most ``sample_size``, else the ordered subsample at ranks ``(j + 0.5) n / s`` - a
     deterministic, evenly spread stand-in for the reference ECDF. NaN is null.
 
     >>> b = NumericBaseline.from_values([1.0, 2.0, 3.0, 4.0, float("nan")], name="x", bins=2)
     >>> b.edges.tolist(), b.counts.tolist(), b.n, b.n_null
-    ([-inf, 2.5, inf], [2, 2], 4, 1)
+    ([-inf, 2.0, inf], [2, 2], 4, 1)
     >>> NumericBaseline.from_bytes(b.to_bytes()) == b
     True
     """
@@ -191,11 +192,12 @@ class NumericBaseline:
         x = np.sort(x[~nulls])
         finite = x[np.isfinite(x)]
         if finite.size and bins > 1:
-            inner = np.unique(np.quantile(finite, np.arange(1, bins) / bins))
+            inner = np.unique(np.quantile(finite, np.arange(1, bins) / bins,
+                                          method="inverted_cdf"))
         else:
             inner = np.empty(0)
         edges = np.concatenate([[-np.inf], inner, [np.inf]])
-        counts = np.bincount(np.searchsorted(inner, x, side="right"), minlength=inner.size + 1)
+        counts = np.bincount(np.searchsorted(inner, x, side="left"), minlength=inner.size + 1)
         if sample_size is not None and x.size > sample_size:
             if sample_size < 1:
                 raise ValueError("sample_size must be >= 1")
@@ -217,7 +219,7 @@ class NumericBaseline:
         """Counts of (non-null) ``values`` in this baseline's bins (numpy; not the hot path)."""
         x = _as_float(values)
         x = x[~np.isnan(x)]
-        return np.bincount(np.searchsorted(self.inner_edges, x, side="right"),
+        return np.bincount(np.searchsorted(self.inner_edges, x, side="left"),
                            minlength=self.n_bins).astype(np.int64)
 
     def to_bytes(self) -> bytes:
@@ -711,7 +713,10 @@ class SlidingWindow:
         return (np.arange(self.size) + self.pos) % self.size
 
     def values(self, name: str, include_null: bool = False):
-        """The window's values of a feature, oldest first (nulls dropped unless asked)."""
+        """The window's values of a feature, oldest first (nulls dropped unless asked).
+
+        Categorical values come back as their bucket label (a top-K category or ``other``).
+        """
         b = self.baseline[name]
         order = self._order()
         if isinstance(b, NumericBaseline):

@@ -20,6 +20,7 @@ change emits ``data_drift`` and re-warms the entity instead of alerting on the n
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -35,6 +36,13 @@ from stream.detect.window import ClosedWindow, WindowStore
 
 STATE_VERSION = 1
 _Z_SCALE = 8.0  # z in [-4, 4] maps onto [0, 1] for the trees
+
+
+@functools.lru_cache(maxsize=1024)
+def _chi2_isf(p: float, dof: int) -> float:
+    from scipy.stats import chi2
+
+    return float(chi2.isf(p, max(dof, 1)))
 
 
 def alert_id(*parts: Any) -> str:
@@ -170,9 +178,12 @@ class Detector:
         score = float(ent.model.score_one(x)) if warm else 0.0
         scores = ent.scores
         grade = (sum(1 for s in scores if s < score) / len(scores)) if (warm and scores) else 0.0
-        znorm = math.sqrt(sum(v * v for v in z.values()))  # distance from baseline, in std units
+        # distance from baseline: sum of squared z against the chi-square tail (a window must be
+        # improbable as a whole, not only rank high among recent scores)
+        d2 = sum(v * v for v in z.values())
         thr = spec.threshold
-        anomalous = warm and grade >= thr.grade and score >= thr.score_floor and znorm >= thr.min_z
+        anomalous = (warm and grade >= thr.grade and score >= thr.score_floor
+                     and d2 >= _chi2_isf(thr.distance_p, len(z)))
         # --- drift ---------------------------------------------------------------------------------
         drift_alert = None
         if spec.drift and not anomalous and warm:
@@ -294,7 +305,7 @@ class Detector:
             "score": score,
             "grade": grade,
             "threshold": {"grade": spec.threshold.grade, "score_floor": spec.threshold.score_floor,
-                          "min_z": spec.threshold.min_z, "history": len(ent.scores)},
+                          "distance_p": spec.threshold.distance_p, "history": len(ent.scores)},
             "attribution": attribution,
             "baseline": self._baseline(ent, feats),
             "model": {"type": "HalfSpaceTrees", "params": vars(spec.model) if hasattr(spec.model, "__dict__") else {},

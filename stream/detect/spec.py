@@ -40,7 +40,7 @@ class ModelParams:
 class ThresholdPolicy:
     grade: float = 0.99  # fire when the score's tail probability among recent scores >= grade
     score_floor: float = 0.55  # ... and the raw HST score is at least this
-    min_z: float = 3.0  # ... and the window is at least this far (L2 norm of z-scores) from baseline
+    distance_p: float = 1e-8  # ... and sum(z^2) of the window is this improbable under chi-square(d)
     history: int = 200  # recent scores kept per entity for calibration
 
 
@@ -176,7 +176,7 @@ class DetectorSpec:
             params = {}
             for k, v in t.items():
                 if k not in ThresholdPolicy.__dataclass_fields__:
-                    raise err(f"threshold.{k}", "unknown field (known: grade, score_floor, min_z, history)")
+                    raise err(f"threshold.{k}", "unknown field (known: grade, score_floor, distance_p, history)")
                 params[k] = _num(v, err, f"threshold.{k}")
             if not 0 < params.get("grade", 0.5) <= 1:
                 raise err("threshold.grade", "must be in (0, 1]")
