@@ -317,10 +317,8 @@ def compute(args) -> list[dict]:
             ref_cols[c] = _to_numeric(ref, c)
             cur_cols[c] = _to_numeric(cur, c)
         else:
-            ref_cols[c] = [v if v is None or isinstance(v, str) else _num_label(v)
-                           for v in ref.columns[c]]
-            cur_cols[c] = [v if v is None or isinstance(v, str) else _num_label(v)
-                           for v in cur.columns[c]]
+            ref_cols[c] = [_cat_label(v) for v in ref.columns[c]]
+            cur_cols[c] = [_cat_label(v) for v in cur.columns[c]]
     report = compare_columns(ref_cols, cur_cols, numeric=numeric, categorical=categorical,
                              bins=args.bins, top_k=args.top_k, warn=args.warn,
                              drift=args.drift)
@@ -336,10 +334,23 @@ def compute(args) -> list[dict]:
     return rows
 
 
-def _num_label(v) -> str:
-    """A JSON number used as a category label: 3.0 and 3 are the same category "3"."""
-    f = float(v)
+def _num_label(f: float) -> str:
     return str(int(f)) if f.is_integer() and abs(f) < 2**53 else repr(f)
+
+
+def _cat_label(v):
+    """A categorical value's label. Numbers are one category however written: the JSON number
+    3, the CSV cell "3.0" and "3" are all "3"; strings with a leading zero ("007") are kept."""
+    if v is None:
+        return None
+    x = _parse_number(v)
+    if x is None or not math.isfinite(x):
+        return v if isinstance(v, str) else str(v)
+    if isinstance(v, str):
+        t = v.strip().lstrip("+-")
+        if len(t) > 1 and t[0] == "0" and t[1].isdigit():
+            return v
+    return _num_label(x)
 
 
 def run(args) -> int:
