@@ -23,6 +23,7 @@ COMMANDS = [
     "score",
     "eval",
     "drift",
+    "demo",
     "doctor",
 ]
 

@@ -8,6 +8,7 @@ dead-letter record (reason, original bytes in base64, source topic/partition/off
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 import time
@@ -110,8 +111,11 @@ def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tupl
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "not_json"
-        return [], [Rejection(reason, f"not valid JSON: {exc}", raw)]
+        try:  # slow path, bad input only: JSON with NaN / Infinity literals gets a precise reason
+            obj = json.loads(raw)
+        except Exception:  # noqa: BLE001
+            reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "not_json"
+            return [], [Rejection(reason, f"not valid JSON: {exc}", raw)]
     if isinstance(obj, dict) and "samples" in obj:
         batch = obj["samples"]
         if len(obj) != 1:

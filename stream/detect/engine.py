@@ -241,8 +241,15 @@ class Detector:
             before = ad.estimation
             ad.update(v)
             if ad.drift_detected:
-                changed.append({"metric": metric, "before_mean": before, "after_mean": ad.estimation,
-                                "change_point": w.end - ad.width * self.spec.window, "window_width": ad.width})
+                # statistically significant is not enough: the shift must matter against the
+                # metric's own sample noise (its baseline within-window std), or a slow daily
+                # pattern would be reported as drift all day long
+                noise = ent.mean.get(f"{metric}:std") or 0.0
+                effect = abs(ad.estimation - before) / max(noise, 1e-9 * max(abs(before), 1.0))
+                if effect >= self.spec.drift_min_effect:
+                    changed.append({"metric": metric, "before_mean": before, "after_mean": ad.estimation,
+                                    "effect_size": effect,
+                                    "change_point": w.end - ad.width * self.spec.window, "window_width": ad.width})
         if not changed:
             return None
         a = self._base(ent, w, "data_drift", "firing")
@@ -251,7 +258,7 @@ class Detector:
         a["features"] = feats
         a["baseline"] = self._baseline(ent, feats)
         a["score"] = max(abs(c["after_mean"] - c["before_mean"]) for c in changed)
-        a["threshold"] = {"adwin_delta": self.spec.drift_delta}
+        a["threshold"] = {"adwin_delta": self.spec.drift_delta, "min_effect": self.spec.drift_min_effect}
         # the new normal: re-warm the model and the baseline instead of alerting on it for ever
         ent.model = make_model(self.spec.model)
         ent.mean.clear(); ent.var.clear(); ent.n_normal = 0; ent.scores.clear()

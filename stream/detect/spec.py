@@ -61,6 +61,7 @@ class DetectorSpec:
     resolve_after: int = 3
     drift: bool = True
     drift_delta: float = 0.002
+    drift_min_effect: float = 1.0  # |after - before| in units of the metric's sample noise
     baseline_halflife: float = 30.0  # windows; EWMA of the entity's normal feature values
     impute_max_windows: int = 2  # gaps up to this many windows are imputed; longer ones alert
     source: str = "<built-in>"
@@ -206,6 +207,7 @@ class DetectorSpec:
             elif isinstance(dr, dict):
                 kw["drift"] = bool(dr.get("enabled", True))
                 kw["drift_delta"] = _num(dr.get("delta", 0.002), err, "drift.delta")
+                kw["drift_min_effect"] = _num(dr.get("min_effect", 1.0), err, "drift.min_effect")
                 if not 0 < kw["drift_delta"] < 1:
                     raise err("drift.delta", "must be in (0, 1)")
             else:

@@ -1,0 +1,144 @@
+"""Shared fixtures: the real Kafka broker (started by the project's launcher) and workers.
+
+Unless ``KAFKA_BOOTSTRAP_SERVERS`` names a broker, the session starts one through
+``stream.kafka.launcher`` on a test port. With ``CI=true`` a broker that cannot start fails the
+run; elsewhere the Kafka tests are skipped with the reason.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_KAFKA_PORT = int(os.environ.get("STREAM_TEST_KAFKA_PORT", "39092"))
+
+
+def _settings_for_test_broker():
+    from stream.settings import Settings
+
+    return Settings.load({
+        "STREAM_KAFKA_PORT": str(TEST_KAFKA_PORT),
+        "STREAM_KAFKA_CONTROLLER_PORT": str(TEST_KAFKA_PORT + 1),
+        "STREAM_STATE_DIR": str(ROOT / ".var" / "test"),
+        "STREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{TEST_KAFKA_PORT}",
+    })
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    from stream.kafka import launcher
+
+    s = _settings_for_test_broker()
+    started = not launcher.status(s).get("running")
+    try:
+        bootstrap = launcher.ensure_running(s, jar_cache=ROOT / ".var" / "kafka-jars", wait=120)
+    except Exception as exc:  # noqa: BLE001
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true and the Kafka broker could not start: {exc}", pytrace=False)
+        pytest.skip(f"Kafka broker could not start: {exc}")
+    yield bootstrap
+    # stop only the broker this session started (STREAM_KEEP_TEST_BROKER=1 keeps it for the next run)
+    if started and not os.environ.get("STREAM_KEEP_TEST_BROKER"):
+        launcher.down(s)
+
+
+class StreamEnv:
+    """An isolated deployment on the shared broker: own app id (consumer group) and topic names."""
+
+    def __init__(self, bootstrap: str, tmp: Path, **extra: str):
+        tag = uuid.uuid4().hex[:8]
+        self.tag = tag
+        self.tmp = tmp
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("STREAM_")},
+            "STREAM_BOOTSTRAP_SERVERS": bootstrap,
+            "STREAM_APP_ID": f"test-{tag}",
+            "STREAM_TOPIC_METRICS": f"metrics-{tag}",
+            "STREAM_TOPIC_ALERTS": f"alerts-{tag}",
+            "STREAM_TOPIC_DEADLETTER": f"deadletter-{tag}",
+            "STREAM_TOPIC_INFERENCES": f"inferences-{tag}",
+            "STREAM_TOPIC_FEEDBACK": f"feedback-{tag}",
+            "STREAM_TOPIC_PARTITIONS": "4",
+            "STREAM_WEB_PORT": str(_free_port()),
+            "STREAM_STATE_DIR": str(tmp / "state"),
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+        self.procs: list[subprocess.Popen] = []
+
+    def cli(self, *args: str, input: bytes | None = None, timeout: float = 120, check: bool = True):
+        res = subprocess.run([sys.executable, "-m", "stream.cli", *args], env=self.env, input=input,
+                             capture_output=True, timeout=timeout, cwd=ROOT)
+        if check and res.returncode != 0:
+            raise AssertionError(f"stream {' '.join(args)} exited {res.returncode}:\n{res.stderr.decode()[-3000:]}")
+        return res
+
+    def start_worker(self, name: str = "worker", **extra_env: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")
+        env = {**self.env, **extra_env}
+        p = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--loglevel", "info"], env=env,
+                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.procs.append(p)
+        return p
+
+    def worker_log(self, name: str = "worker") -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def consume(self, topic: str, *, until, timeout: float) -> list[dict]:
+        """Read a topic from the beginning until ``until(records)`` is true or the timeout passes."""
+        import orjson
+        from confluent_kafka import Consumer
+
+        c = Consumer({"bootstrap.servers": self.env["STREAM_BOOTSTRAP_SERVERS"], "group.id": f"t-{uuid.uuid4().hex}",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe([topic])
+        out: list[dict] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and not until(out):
+                msg = c.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                rec = orjson.loads(msg.value())
+                if isinstance(rec, dict):
+                    rec["_partition"], rec["_offset"] = msg.partition(), msg.offset()
+                out.append(rec)
+        finally:
+            c.close()
+        return out
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def stream_env(kafka_bootstrap, tmp_path):
+    env = StreamEnv(kafka_bootstrap, tmp_path)
+    env.cli("topics", "apply")
+    yield env
+    env.stop()

@@ -1,0 +1,129 @@
+"""End to end through the CLI on the real broker: produce → worker → alerts / deadletter."""
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from stream.demo import Injection, generate
+
+pytestmark = pytest.mark.kafka
+
+T0 = 1_700_000_000.0 - (1_700_000_000.0 % 60)  # window-aligned start, hours of event time
+SPIKE_AT = T0 + 5 * 3600 + 120  # the spiked series (h3) is x10 for one minute at hour 5
+
+
+def _events(injections, hours=6.0):
+    return b"".join(orjson.dumps(e) + b"\n" for e in generate(4, T0, hours, 10.0, injections=injections))
+
+
+def _firing(alerts):
+    return [a for a in alerts if a["status"] == "firing"]
+
+
+def test_spike_is_alerted_with_context_and_steady_series_are_not(stream_env, tmp_path):
+    env = stream_env
+    data = tmp_path / "metrics.jsonl"
+    data.write_bytes(_events((Injection(3, "spike", SPIKE_AT, 60),)))
+    env.start_worker()
+    t = time.monotonic()
+    env.cli("produce", "--topic", env.env["STREAM_TOPIC_METRICS"], str(data), "--no-progress")
+    produced_in = time.monotonic() - t
+    assert produced_in < 30, f"6 h of event time should produce in seconds, took {produced_in:.1f}s"
+
+    res = env.cli("alerts", "tail", "--json", "--from-beginning", "--timeout", "90", "--max", "1", timeout=120)
+    alerts = [orjson.loads(l) for l in res.stdout.splitlines() if l.strip()]
+    assert alerts, "no alert within 90 s:\n" + env.worker_log()[-3000:]
+    # let the rest of the stream be processed, then read everything
+    time.sleep(5)
+    res = env.cli("alerts", "tail", "--json", "--from-beginning", "--timeout", "8", timeout=60)
+    alerts = [orjson.loads(l) for l in res.stdout.splitlines() if l.strip()]
+    firing = _firing(alerts)
+    assert {a["series"]["labels"]["host"] for a in firing} == {"h3"}, [a["series"]["id"] for a in firing]
+    a = firing[0]
+    assert a["kind"] == "anomaly"
+    assert a["window"]["start"] <= SPIKE_AT < a["window"]["end"], a["window"]
+    assert a["window"]["end"] - a["window"]["start"] == 60
+    assert a["series"]["id"] == "default/http_latency_ms{host=h3}"
+    assert len(a["alert_id"]) == 32
+    assert a["score"] >= a["threshold"]["score_floor"] and 0 <= a["grade"] <= 1
+    # attribution, direction and baseline: the spike is in the level features, high against baseline
+    top = a["attribution"][0]
+    assert top["direction"] == "high"
+    assert top["feature"].split(":")[1] in {"mean", "median", "max", "min", "std", "iqr"}
+    base = a["baseline"]["http_latency_ms:mean"]
+    assert 150 < base["mean"] < 200 and base["std"] > 0  # series h3 sits around 160
+    assert a["features"]["http_latency_ms:mean"] > 5 * base["mean"]
+    # source offsets: the window's events, on the input topic, in one partition
+    src = a["source"]
+    assert src["topic"] == env.env["STREAM_TOPIC_METRICS"]
+    assert 0 <= src["first_offset"] <= src["last_offset"]
+    assert src["last_offset"] - src["first_offset"] == 5  # six 10-second samples of one series
+    assert a["model"]["warm"] is True
+
+
+BAD = [
+    (b"this is not json", "not_json"),
+    (b'{"metric": "http_latency_ms", "labels": {"host": "h0"}, "ts": 1700000000}', "missing_field"),
+    (b'{"metric": "http_latency_ms", "labels": {"host": "h0"}, "value": "fast", "ts": 1700000000}', "non_numeric"),
+    (b'{"metric": "http_latency_ms", "labels": {"host": "h0"}, "value": NaN, "ts": 1700000000}', "non_finite"),
+    (b'{"metric": "http_latency_ms", "labels": {"host": "h0"}, "value": Infinity, "ts": 1700000000}', "non_finite"),
+    (b'[1, 2, 3]', "wrong_shape"),
+    (b'{"samples": "nope"}', "wrong_shape"),
+]
+
+
+def test_bad_input_is_deadlettered_once_and_the_worker_keeps_alerting(stream_env, tmp_path):
+    env = stream_env
+    data = tmp_path / "mixed.jsonl"
+    good = _events((Injection(3, "spike", SPIKE_AT, 60),)).splitlines()
+    # bad lines first, then a few interleaved, then the good stream with its spike after them
+    lines = [b for b, _ in BAD] + good[:100] + [BAD[0][0]] + good[100:]
+    data.write_bytes(b"\n".join(lines) + b"\n")
+    worker = env.start_worker()
+    env.cli("produce", "--topic", env.env["STREAM_TOPIC_METRICS"], str(data), "--no-progress")
+    n_bad = len(BAD) + 1
+    dead = env.consume(env.env["STREAM_TOPIC_DEADLETTER"], until=lambda r: len(r) >= n_bad, timeout=90)
+    time.sleep(3)
+    dead += env.consume(env.env["STREAM_TOPIC_DEADLETTER"], until=lambda r: False, timeout=3)[len(dead):]
+    assert len(dead) == n_bad, [d["reason"] for d in dead]
+    import base64
+
+    by_original = {}
+    for d in dead:
+        by_original.setdefault(base64.b64decode(d["original_b64"]), []).append(d)
+    for raw, reason in BAD:
+        recs = by_original[raw]
+        assert len(recs) == (2 if raw == BAD[0][0] else 1)
+        assert recs[0]["reason"] == reason, (raw, recs[0])
+        assert recs[0]["source"]["topic"] == env.env["STREAM_TOPIC_METRICS"]
+        assert recs[0]["source"]["offset"] >= 0 and recs[0]["time"] > 0 and recs[0]["error"]
+    alerts = env.consume(env.env["STREAM_TOPIC_ALERTS"],
+                         until=lambda r: any(a["status"] == "firing" for a in r), timeout=90)
+    assert worker.poll() is None, "worker died:\n" + env.worker_log()[-3000:]
+    firing = _firing(alerts)
+    assert firing and firing[0]["series"]["labels"]["host"] == "h3"
+    assert firing[0]["window"]["start"] <= SPIKE_AT < firing[0]["window"]["end"]
+
+
+def test_mixed_batch_keeps_good_samples(stream_env, tmp_path):
+    env = stream_env
+    batch = {"samples": [
+        {"metric": "m", "labels": {"host": "x"}, "value": 1.0, "ts": T0},
+        {"metric": "m", "labels": {"host": "x"}, "value": "bad", "ts": T0 + 1},
+        {"metric": "m", "labels": {"host": "x"}, "value": 2.0, "ts": T0 + 2},
+    ]}
+    env.start_worker()
+    env.cli("produce", "--topic", env.env["STREAM_TOPIC_METRICS"], "-", "--no-progress", input=orjson.dumps(batch) + b"\n")
+    dead = env.consume(env.env["STREAM_TOPIC_DEADLETTER"], until=lambda r: len(r) >= 1, timeout=90)
+    assert len(dead) == 1 and dead[0]["batch_index"] == 1 and dead[0]["reason"] == "non_numeric"
+    # the two good samples were forwarded to the detector's entity topic
+    fwd = env.consume(f"{env.env['STREAM_APP_ID']}-entity-samples", until=lambda r: len(r) >= 1, timeout=30)
+    assert [s[3] for s in fwd[0]] == [1.0, 2.0]
+
+
+def test_topics_apply_is_idempotent(stream_env):
+    res = stream_env.cli("topics", "apply")
+    out = res.stdout.decode()
+    assert "created" not in out and out.count("unchanged") >= 3, out
