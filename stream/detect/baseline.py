@@ -36,6 +36,7 @@ import struct
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 import orjson
@@ -129,6 +130,19 @@ def _as_float(values) -> np.ndarray:
     except (TypeError, ValueError):
         a = np.array([_to_float(v) for v in values], dtype=np.float64)
     return a.ravel()
+
+
+def _records_matrix(records: Sequence[Mapping], names: Sequence[str]) -> np.ndarray:
+    """``rows x names`` float64 from row mappings; missing / None / non-numeric -> NaN."""
+    n, F = len(records), len(names)
+    if F == 0:
+        return np.empty((n, 0))
+    try:  # fast path: every key present, values numbers (or None, which numpy makes NaN)
+        getter = itemgetter(*names)
+        return np.array([getter(r) for r in records], dtype=np.float64).reshape(n, F)
+    except (KeyError, TypeError, ValueError):
+        return np.array([[_to_float(r.get(k)) for k in names] for r in records],
+                        dtype=np.float64).reshape(n, F)
 
 
 def _to_float(v) -> float:
@@ -570,8 +584,7 @@ class BaselineBuilder:
 
     def update_records(self, records: Sequence[Mapping]) -> bool:
         records = list(records)
-        X = np.array([[_to_float(r.get(n)) for n in self.numeric] for r in records],
-                     dtype=np.float64).reshape(len(records), len(self.numeric))
+        X = _records_matrix(records, self.numeric)
         C = [[r.get(n) for n in self.categorical] for r in records]
         return self.update(X, C)
 
@@ -702,8 +715,7 @@ class SlidingWindow:
         records = records if isinstance(records, list) else list(records)
         if not records:
             return
-        X = np.array([[_to_float(r.get(n)) for n in b.numeric_names] for r in records],
-                     dtype=np.float64).reshape(len(records), len(b.numeric))
+        X = _records_matrix(records, b.numeric_names)
         cols = {n: [r.get(n) for r in records] for n in b.categorical_names}
         self.update(X, codes=b.encode_categorical(cols, len(records)))
 
