@@ -105,7 +105,8 @@ def read_table(path: str) -> Table:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise DriftInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise DriftInputError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if _detect_format(path, text[:256]) == "csv":
         return _read_csv(path, text)
     return _read_json(path, text)

@@ -160,7 +160,8 @@ class NumericBaseline:
     ``edges`` are ``[-inf, q_1, ..., q_{b-1}, +inf]`` with the interior edges the distinct
     reference quantiles at ``i / bins`` (``np.quantile(..., method="inverted_cdf")``: actual
     reference values, so discrete data get no edges between its values); bins are right-closed,
-    bin ``i`` is ``(edges[i], edges[i+1]]``, which makes them balanced on the reference. ``sample`` is sorted and holds all the reference values if there
+    bin ``i`` is ``(edges[i], edges[i+1]]``, which makes them balanced on the reference.
+    ``sample`` is sorted and holds all the reference values if there
     are at most ``sample_size``, else the ordered subsample at ranks ``(j + 0.5) n / s`` - a
     deterministic, evenly spread stand-in for the reference ECDF. NaN is null.
 
@@ -368,7 +369,8 @@ def _is_numeric_column(values) -> bool:
 class _Packed:
     """Per-feature tables padded into 2-D arrays for the compiled kernels."""
 
-    def __init__(self, numeric: Sequence[NumericBaseline], categorical: Sequence[CategoricalBaseline]):
+    def __init__(self, numeric: Sequence[NumericBaseline],
+                 categorical: Sequence[CategoricalBaseline]):
         F = len(numeric)
         max_inner = max((b.inner_edges.size for b in numeric), default=0)
         max_uniq = max((b.uniq.size for b in numeric), default=0)
@@ -521,7 +523,8 @@ class Baseline:
         return isinstance(other, Baseline) and self.features == other.features
 
     def __repr__(self) -> str:
-        return f"Baseline(numeric={list(self.numeric_names)}, categorical={list(self.categorical_names)})"
+        return (f"Baseline(numeric={list(self.numeric_names)}, "
+                f"categorical={list(self.categorical_names)})")
 
 
 class BaselineBuilder:
@@ -854,11 +857,11 @@ class DriftReport:
 
 def _reason(n_ref: int, n_cur: int) -> str | None:
     if n_ref <= 0 and n_cur <= 0:
-        return "no non-null values in the reference nor in the current window"
+        return "no non-null values in the reference nor in the current data"
     if n_ref <= 0:
         return "no non-null values in the reference"
     if n_cur <= 0:
-        return "no non-null values in the current window"
+        return "no non-null values in the current data"
     return None
 
 

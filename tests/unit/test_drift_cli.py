@@ -87,7 +87,8 @@ def test_json_report_matches_scipy_and_numpy(data, capsys):
     assert c["type"] == "categorical" and {"psi", "chi2", "chi2_pvalue"} <= set(c)
     labels = ["red", "green", "blue"]
     table = np.array([[np.sum(ref["color"] == k) for k in labels] + [0],
-                      [np.sum(cur["color"] == k) for k in labels] + [np.sum(cur["color"] == "pink")]])
+                      [np.sum(cur["color"] == k) for k in labels]
+                      + [np.sum(cur["color"] == "pink")]])
     res = scipy.stats.chi2_contingency(table, correction=False)
     assert abs(c["chi2"] - res.statistic) <= 1e-9 * res.statistic
     assert abs(c["chi2_pvalue"] - res.pvalue) <= 1e-9
