@@ -23,6 +23,7 @@ from typing import Any
 import faust
 import orjson
 
+from stream import metrics as m
 from stream.detect.engine import Detector
 from stream.detect.spec import load_specs
 from stream.events import decode_metrics, deadletter_record
@@ -107,12 +108,48 @@ def build_app(settings: Settings | None = None) -> faust.App:
                       schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
                       help="serialized per-entity detector state (stream.detect.engine.Detector.export_state)")
 
+    state_sizes: dict[bytes, int] = {}
+
+    @app.page("/metrics")
+    async def metrics_page(web, request):
+        for name, det in pipe.detectors.items():
+            m.ENTITIES.labels(name).set(len(det.entities))
+        m.STATE_BYTES.labels("all").set(sum(state_sizes.values()))
+        body, ctype = m.exposition()
+        return web.bytes(body, content_type=ctype.split(";")[0])
+
+    @app.page("/health")
+    async def health_page(web, request):
+        return web.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready_page(web, request):
+        assigned = app.consumer.assignment() if app.consumer else set()
+        recovered = app.tables.recovery.completed.is_set() if hasattr(app.tables, "recovery") else False
+        ready = bool(assigned) and recovered
+        return web.json({"ready": ready, "partitions": len(assigned), "tables_recovered": recovered},
+                        status=200 if ready else 503)
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalance(sender, **kwargs):
+        m.REBALANCES.inc()
+
+    processing = m.PROCESSING
+    processed = m.EVENTS.labels(s.topic_metrics, "processed")
+    deadlettered = m.EVENTS.labels(s.topic_metrics, "deadlettered")
+
     @app.agent(metrics_topic)
     async def ingest(stream):
         async for event in stream.events():
+            t0 = time.perf_counter()
             msg = event.message
             good, bad = decode_metrics(event.value, max_bytes=s.max_message_bytes, max_batch=s.max_batch_samples)
+            if good:
+                processed.inc(len(good))
+            if bad:
+                deadlettered.inc(len(bad))
             for rej in bad:
+                m.DEADLETTER.labels(rej.reason).inc()
                 rec = deadletter_record(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=event.key)
                 await deadletter_topic.send(key=f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
                                             value=orjson.dumps(rec))
@@ -122,6 +159,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
             for key, samples in pipe.route(good).items():
                 payload = [[x.metric, x.labels, x.ts, x.value, msg.partition, msg.offset] for x in samples]
                 await entity_topic.send(key=key, value=orjson.dumps(payload))
+            processing.observe(time.perf_counter() - t0)
 
     @app.agent(entity_topic)
     async def detect(stream):
@@ -143,14 +181,20 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 if stored is not None and int.from_bytes(stored[:8], "big") >= offset:
                     continue
             alerts = []
+            late0 = det.late
             for metric, labels, ts, value, part, off in orjson.loads(event.value):
                 alerts += det.ingest(metric, labels, ts, value, offset=off, partition=part,
                                      lane=event.message.partition)
                 pipe.counters["processed"] += 1
+            if det.late > late0:
+                m.EVENTS.labels(s.topic_metrics, "late").inc(det.late - late0)
             for a in alerts:
                 await alerts_topic.send(key=a["series"]["id"].encode(), value=orjson.dumps(a))
+                m.ALERTS.labels(a["kind"], a["severity"], a["detector"]).inc()
                 pipe.counters["alerts"] += 1
-            state[key] = offset.to_bytes(8, "big") + det.export_state(eid)
+            blob = offset.to_bytes(8, "big") + det.export_state(eid)
+            state_sizes[key] = len(blob)
+            state[key] = blob
 
     return app
 

@@ -61,6 +61,16 @@ def test_spike_is_alerted_with_context_and_steady_series_are_not(stream_env, tmp
     assert 0 <= src["first_offset"] <= src["last_offset"]
     assert src["last_offset"] - src["first_offset"] == 5  # six 10-second samples of one series
     assert a["model"]["warm"] is True
+    # the worker's Prometheus endpoint counts what happened
+    import urllib.request
+
+    port = env.env["STREAM_WEB_PORT"]
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    processed = [l for l in body.splitlines()
+                 if l.startswith("stream_events_total{") and 'outcome="processed"' in l]
+    assert processed and float(processed[0].rsplit(" ", 1)[1]) == 4 * 6 * 360
+    assert 'stream_alerts_total{detector="default",kind="anomaly",severity="warning"}' in body
+    assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).status == 200
 
 
 BAD = [

@@ -1,0 +1,30 @@
+"""Prometheus metrics of a worker (served at /metrics on the worker's web server).
+
+Names follow Prometheus conventions: ``stream_`` prefix, base units, ``_total`` for counters.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from stream import __version__
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS = Counter("stream_events", "Input events by topic and outcome (processed, deadlettered, late)",
+                 ["topic", "outcome"], registry=REGISTRY)
+DEADLETTER = Counter("stream_deadletter", "Dead-lettered input by reason", ["reason"], registry=REGISTRY)
+ALERTS = Counter("stream_alerts", "Alerts published", ["kind", "severity", "detector"], registry=REGISTRY)
+PROCESSING = Histogram("stream_event_processing_seconds", "Time to process one input message",
+                       buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0), registry=REGISTRY)
+ENTITIES = Gauge("stream_entities_active", "Entities with state in this worker", ["detector"], registry=REGISTRY)
+STATE_BYTES = Gauge("stream_state_bytes", "Serialized state bytes last written, summed over entities",
+                    ["detector"], registry=REGISTRY)
+REBALANCES = Counter("stream_rebalances", "Consumer group rebalances seen by this worker", registry=REGISTRY)
+BUILD = Info("stream_build", "Build information", registry=REGISTRY)
+BUILD.info({"version": __version__})
+
+
+def exposition() -> tuple[bytes, str]:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
