@@ -7,23 +7,27 @@ Every tree is a complete binary tree of ``height`` splits stored in heap order: 
 children ``2i+1`` (left, ``value < threshold``) and ``2i+2`` (right). A tree has
 ``n_internal = 2**height - 1`` split nodes and ``n_nodes = 2**(height+1) - 1`` nodes.
 
-* :class:`Structure` — split feature (int32) and threshold (float64) per internal node, for all
-  trees. Immutable and shared by every model with the same (n_trees, height, seed, features,
-  limits).
-* :class:`HSTCore` — the per-model state: one mass array ``(2, n_trees, n_nodes)`` of unsigned
+* :class:`Structure` — one 16-byte record ``{threshold: float64, feature: int32}`` per split
+  node, for all trees. Immutable and shared by every model with the same (n_trees, height, seed,
+  features, limits).
+* :class:`HSTCore` — the per-model state: one mass array ``(n_trees, n_nodes, 2)`` of unsigned
   integer counts (uint8 when ``window_size <= 255``, else uint16 / uint32; masses never exceed
-  ``window_size`` so this is exact), the window counter and the first-window flag. One half of the
-  mass array is the reference mass ``r``, the other the latest mass ``l``; a window pivot swaps
-  the roles of the halves and zeroes the new ``l`` (river copies ``l`` into ``r`` then zeroes
-  ``l``: same result, one memset instead of a copy plus a memset).
+  ``window_size`` so this is exact), the window counter and the first-window flag. Each node's
+  two masses sit side by side; slot ``ri`` is the reference mass ``r`` and slot ``1 - ri`` the
+  latest mass ``l``. A window pivot flips ``ri`` and zeroes the new ``l`` slots (river copies
+  ``l`` into ``r`` then zeroes ``l``: same result).
 
-Scores are accumulated in double in river's exact order (per tree ``0.0 + r*2**depth ...``, then
-over trees), so results are bit-identical to ``river.anomaly.HalfSpaceTrees``.
+A node's split record and its masses each take one load, and the trees are walked level by
+level in blocks so that their independent root-to-leaf chains of loads overlap. Scores are
+accumulated in double in river's exact order (per tree ``0.0 + r*2**depth ...``, then over
+trees), so results are bit-identical to ``river.anomaly.HalfSpaceTrees``.
 """
+import sys
+
 import numpy as np
 cimport numpy as cnp
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
-from libc.string cimport memset
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.string cimport memcpy
 from libc.stdlib cimport malloc, free
 from cpython.object cimport PyObject
 from cpython.dict cimport PyDict_CheckExact, PyDict_GetItemWithError
@@ -32,126 +36,191 @@ from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_AsDoub
 cnp.import_array()
 
 DEF STACK_FEATURES = 64
+DEF BLOCK = 16
 
 ctypedef fused mass_t:
     uint8_t
     uint16_t
     uint32_t
 
+ctypedef struct node_t:
+    double threshold
+    int32_t feature
+    int32_t _pad
+
+NODE_DTYPE = np.dtype([("threshold", "<f8"), ("feature", "<i4"), ("_pad", "<i4")])
+
 
 # --------------------------------------------------------------------------------------------
 # nogil kernels
 # --------------------------------------------------------------------------------------------
 
-cdef inline double _score_row(const int32_t* feat, const double* thr,
-                              const mass_t* rm, const mass_t* lm,
+cdef inline Py_ssize_t _child(const double* x, const uint8_t* miss, const node_t* nd,
+                              const mass_t* tm, Py_ssize_t c, int li) noexcept nogil:
+    """Next node below split ``nd`` whose left child is ``c`` (branch-free on values).
+
+    ``value < threshold`` goes left, anything else (including NaN) right, as in river. A
+    missing feature follows the child with the larger latest mass, left on ties.
+    """
+    cdef int32_t f = nd.feature
+    if miss != NULL and miss[f]:
+        return c + (tm[2 * c + li] < tm[2 * c + 2 + li])
+    return c + (not (x[f] < nd.threshold))
+
+
+cdef inline double _score_row(const node_t* nodes, const mass_t* m, int ri,
                               Py_ssize_t n_trees, Py_ssize_t n_int, Py_ssize_t n_nodes,
                               int height, double size_limit,
                               const double* x, const uint8_t* miss) noexcept nogil:
     """Sum over trees of river's ``_walk_score`` (un-normalised), in river's float order."""
-    cdef double total = 0.0, s
-    cdef Py_ssize_t t, node, c
-    cdef int d
+    cdef double total = 0.0
+    cdef double s[BLOCK]
+    cdef Py_ssize_t node[BLOCK]
+    cdef bint scoring[BLOCK]
+    cdef Py_ssize_t t0, t, k, nb, nd
+    cdef int d, li = 1 - ri
     cdef int64_t pw, r
-    cdef int32_t f
-    cdef const int32_t* tf
-    cdef const double* tt
-    cdef const mass_t* tr
-    cdef const mass_t* tl
-    for t in range(n_trees):
-        tf = feat + t * n_int
-        tt = thr + t * n_int
-        tr = rm + t * n_nodes
-        tl = lm + t * n_nodes
-        node = 0
+    cdef bint any_left
+    cdef const mass_t* tm
+    for t0 in range(0, n_trees, BLOCK):
+        nb = min(BLOCK, n_trees - t0)
+        for k in range(nb):
+            node[k] = 0
+            s[k] = 0.0
+            scoring[k] = True
         pw = 1
-        s = 0.0
+        any_left = True
         for d in range(height):
-            r = tr[node]
-            s += <double>(r * pw)
-            if <double>r < size_limit:
+            any_left = False
+            for k in range(nb):
+                if scoring[k]:
+                    t = t0 + k
+                    nd = node[k]
+                    tm = m + 2 * t * n_nodes
+                    r = tm[2 * nd + ri]
+                    s[k] += <double>(r * pw)
+                    if <double>r < size_limit:
+                        scoring[k] = False
+                    else:
+                        any_left = True
+                        node[k] = _child(x, miss, nodes + t * n_int + nd, tm, 2 * nd + 1, li)
+            if not any_left:
                 break
-            f = tf[node]
-            c = 2 * node + 1
-            if miss != NULL and miss[f]:
-                # missing feature: follow the child with the larger latest mass (left on ties)
-                if tl[c] < tl[c + 1]:
-                    node = c + 1
-                else:
-                    node = c
-            elif x[f] < tt[node]:
-                node = c
-            else:
-                node = c + 1
             pw <<= 1
-        else:
-            s += <double>(<int64_t>tr[node] * pw)
-        total += s
+        for k in range(nb):
+            if any_left and scoring[k]:
+                s[k] += <double>(<int64_t>m[2 * ((t0 + k) * n_nodes + node[k]) + ri] * pw)
+            total += s[k]
     return total
 
 
-cdef inline void _learn_row(const int32_t* feat, const double* thr, mass_t* lm,
-                            Py_ssize_t n_trees, Py_ssize_t n_int, Py_ssize_t n_nodes,
-                            int height, const double* x, const uint8_t* miss) noexcept nogil:
-    """river's ``_walk_learn`` on every tree: +1 latest mass on the root-to-leaf path."""
-    cdef Py_ssize_t t, node, c
-    cdef int d
-    cdef int32_t f
-    cdef const int32_t* tf
-    cdef const double* tt
-    cdef mass_t* tl
-    for t in range(n_trees):
-        tf = feat + t * n_int
-        tt = thr + t * n_int
-        tl = lm + t * n_nodes
-        node = 0
+cdef inline double _score_learn_row(const node_t* nodes, mass_t* m, int ri,
+                                    Py_ssize_t n_trees, Py_ssize_t n_int, Py_ssize_t n_nodes,
+                                    int height, double size_limit, bint do_score,
+                                    const double* x, const uint8_t* miss) noexcept nogil:
+    """Score (if ``do_score``) then learn in one walk per tree; returns the raw score.
+
+    The score and learn walks follow the same path: both compare the same value with the same
+    threshold, and for a missing feature both compare the children's latest masses before this
+    event touches them (learning increments a node before choosing among its children). The
+    score stops accumulating where river's ``_walk_score`` returns; learning goes on to the leaf
+    (river's ``_walk_learn``: +1 latest mass on every node of the root-to-leaf path).
+    """
+    cdef double total = 0.0
+    cdef double s[BLOCK]
+    cdef Py_ssize_t node[BLOCK]
+    cdef bint scoring[BLOCK]
+    cdef Py_ssize_t t0, t, k, nb, nd
+    cdef int d, li = 1 - ri
+    cdef int64_t pw, r
+    cdef mass_t* tm
+    for t0 in range(0, n_trees, BLOCK):
+        nb = min(BLOCK, n_trees - t0)
+        for k in range(nb):
+            node[k] = 0
+            s[k] = 0.0
+            scoring[k] = do_score
+        pw = 1
         for d in range(height):
-            tl[node] += 1
-            f = tf[node]
-            c = 2 * node + 1
-            if miss != NULL and miss[f]:
-                if tl[c] < tl[c + 1]:
-                    node = c + 1
-                else:
-                    node = c
-            elif x[f] < tt[node]:
-                node = c
-            else:
-                node = c + 1
-        tl[node] += 1
+            for k in range(nb):
+                t = t0 + k
+                nd = node[k]
+                tm = m + 2 * t * n_nodes
+                if scoring[k]:
+                    r = tm[2 * nd + ri]
+                    s[k] += <double>(r * pw)
+                    scoring[k] = not (<double>r < size_limit)
+                tm[2 * nd + li] += 1
+                node[k] = _child(x, miss, nodes + t * n_int + nd, tm, 2 * nd + 1, li)
+            pw <<= 1
+        for k in range(nb):
+            tm = m + 2 * ((t0 + k) * n_nodes + node[k])
+            if scoring[k]:
+                s[k] += <double>(<int64_t>tm[ri] * pw)
+            tm[li] += 1
+            total += s[k]
+    return total
 
 
-cdef void _run_many(const int32_t* feat, const double* thr, mass_t* base,
-                    Py_ssize_t n_trees, Py_ssize_t n_int, Py_ssize_t n_nodes, int height,
-                    double size_limit, double max_score, long window_size,
-                    const double* X, const uint8_t* M, Py_ssize_t n_rows, Py_ssize_t n_cols,
-                    double* out, int* ri, long* counter, bint* first_window) noexcept nogil:
+cdef inline int _pivot_masses(mass_t* m, Py_ssize_t n, int ri) noexcept nogil:
+    """Pivot the window: the latest slot becomes the reference; zero the new latest slot.
+
+    Each node's (slot 0, slot 1) pair is handled as one twice-as-wide word ANDed with a mask
+    that keeps the reference slot (a contiguous, vectorisable loop; memcpy keeps it free of
+    type punning and endianness assumptions).
+    """
+    cdef Py_ssize_t i
+    cdef mass_t pair[2]
+    cdef uint16_t w16, k16
+    cdef uint32_t w32, k32
+    cdef uint64_t w64, k64
+    cdef char* p = <char*> m
+    ri = 1 - ri
+    pair[ri] = <mass_t> -1
+    pair[1 - ri] = 0
+    if mass_t is uint8_t:
+        memcpy(&k16, pair, 2)
+        for i in range(n):
+            memcpy(&w16, p + 2 * i, 2)
+            w16 &= k16
+            memcpy(p + 2 * i, &w16, 2)
+    elif mass_t is uint16_t:
+        memcpy(&k32, pair, 4)
+        for i in range(n):
+            memcpy(&w32, p + 4 * i, 4)
+            w32 &= k32
+            memcpy(p + 4 * i, &w32, 4)
+    else:
+        memcpy(&k64, pair, 8)
+        for i in range(n):
+            memcpy(&w64, p + 8 * i, 8)
+            w64 &= k64
+            memcpy(p + 8 * i, &w64, 8)
+    return ri
+
+
+cdef void _run_many(const node_t* nodes, mass_t* m, Py_ssize_t n_trees, Py_ssize_t n_int,
+                    Py_ssize_t n_nodes, int height, double size_limit, double max_score,
+                    long window_size, const double* X, const uint8_t* M, Py_ssize_t n_rows,
+                    Py_ssize_t n_cols, double* out, int* ri, long* counter,
+                    bint* first_window) noexcept nogil:
     """Score then learn every row in order (the batch path), pivoting windows as river does."""
-    cdef Py_ssize_t i, half = n_trees * n_nodes
+    cdef Py_ssize_t i
     cdef const uint8_t* miss
     cdef int r_i = ri[0]
     cdef long cnt = counter[0]
     cdef bint fw = first_window[0]
-    cdef mass_t* rm = base + r_i * half
-    cdef mass_t* lm = base + (1 - r_i) * half
-    cdef mass_t* tmp
+    cdef double s
     for i in range(n_rows):
         miss = NULL
         if M != NULL:
             miss = M + i * n_cols
-        if fw:
-            out[i] = 0.0
-        else:
-            out[i] = 1.0 - _score_row(feat, thr, rm, lm, n_trees, n_int, n_nodes, height,
-                                      size_limit, X + i * n_cols, miss) / max_score
-        _learn_row(feat, thr, lm, n_trees, n_int, n_nodes, height, X + i * n_cols, miss)
+        s = _score_learn_row(nodes, m, r_i, n_trees, n_int, n_nodes, height, size_limit,
+                             not fw, X + i * n_cols, miss)
+        out[i] = 0.0 if fw else 1.0 - s / max_score
         cnt += 1
         if cnt == window_size:
-            tmp = rm
-            rm = lm
-            lm = tmp
-            r_i = 1 - r_i
-            memset(lm, 0, half * sizeof(mass_t))
+            r_i = _pivot_masses(m, n_trees * n_nodes, r_i)
             fw = False
             cnt = 0
     ri[0] = r_i
@@ -171,11 +240,9 @@ cdef class Structure:
     cdef readonly Py_ssize_t n_internal
     cdef readonly Py_ssize_t n_nodes
     cdef readonly tuple feature_names
-    cdef readonly object feature     # int32 [n_trees, n_internal], index into feature_names
-    cdef readonly object threshold   # float64 [n_trees, n_internal]
+    cdef readonly object nodes       # NODE_DTYPE [n_trees, n_internal]
     cdef readonly object key         # cache key (or None when not shareable)
-    cdef const int32_t* _feat
-    cdef const double* _thr
+    cdef const node_t* _nodes
     cdef object __weakref__
 
     def __init__(self, tuple feature_names, int n_trees, int height, feature, threshold,
@@ -187,21 +254,31 @@ cdef class Structure:
         self.n_internal = (1 << height) - 1
         self.n_nodes = (1 << (height + 1)) - 1
         self.feature_names = feature_names
-        f = np.ascontiguousarray(feature, dtype=np.int32).reshape(n_trees, self.n_internal)
-        t = np.ascontiguousarray(threshold, dtype=np.float64).reshape(n_trees, self.n_internal)
+        shape = (n_trees, self.n_internal)
+        f = np.asarray(feature, dtype=np.int32).reshape(shape)
         if f.size and (f.min() < 0 or f.max() >= len(feature_names)):
             raise ValueError("feature index out of range")
-        f.setflags(write=False)
-        t.setflags(write=False)
-        self.feature = f
-        self.threshold = t
+        a = np.zeros(shape, dtype=NODE_DTYPE)
+        a["feature"] = f
+        a["threshold"] = np.asarray(threshold, dtype=np.float64).reshape(shape)
+        a.setflags(write=False)
+        self.nodes = a
         self.key = key
-        self._feat = <const int32_t*> cnp.PyArray_DATA(<cnp.ndarray> f)
-        self._thr = <const double*> cnp.PyArray_DATA(<cnp.ndarray> t)
+        self._nodes = <const node_t*> cnp.PyArray_DATA(<cnp.ndarray> a)
+
+    @property
+    def feature(self):
+        """Split feature index (into ``feature_names``) per node, [n_trees, n_internal]."""
+        return self.nodes["feature"]
+
+    @property
+    def threshold(self):
+        """Split threshold per node (left if value < threshold), [n_trees, n_internal]."""
+        return self.nodes["threshold"]
 
     @property
     def nbytes(self):
-        return self.feature.nbytes + self.threshold.nbytes
+        return self.nodes.nbytes
 
     def __repr__(self):
         return (f"Structure(n_trees={self.n_trees}, height={self.height}, "
@@ -232,17 +309,17 @@ cdef class HSTCore:
     cdef readonly int height
     cdef readonly long window_size
     cdef readonly object seed
-    cdef object _limits            # dict name -> (lo, hi) as given (river defaults to (0, 1))
+    cdef object _limits            # None or dict name -> (lo, hi) (river defaults to (0, 1))
     cdef readonly Structure structure
-    cdef object _mass              # ndarray [2, n_trees, n_nodes] of uint8/16/32
+    cdef object _mass              # ndarray [n_trees, n_nodes, 2] of uint8/16/32
     cdef void* _base
     cdef int _kind                 # 0 uint8, 1 uint16, 2 uint32
-    cdef int _ri                   # which half of _mass is the reference mass r
+    cdef int _ri                   # which slot of _mass holds the reference mass r
     cdef readonly long counter
     cdef bint _first_window
     cdef double _size_limit
     cdef double _max_score
-    cdef tuple _names              # feature names fixed before the structure exists (or None)
+    cdef tuple _names              # feature names (fixed before or at the first learn)
 
     def __init__(self, n_trees=10, height=8, window_size=250, limits=None, seed=None):
         if n_trees < 1:
@@ -255,7 +332,7 @@ cdef class HSTCore:
         self.height = height
         self.window_size = window_size
         self.seed = seed
-        self._limits = {} if limits is None else {k: tuple(v) for k, v in limits.items()}
+        self._limits = {k: tuple(v) for k, v in limits.items()} if limits else None
         self.structure = None
         self._mass = None
         self._base = NULL
@@ -277,23 +354,21 @@ cdef class HSTCore:
             self._attach(self._make_structure(names))
         return 0
 
-    def _attach(self, Structure st, mass=None):
-        """Attach a structure and allocate (or adopt) the mass array."""
+    def _attach(self, Structure st, r=None, l=None):
+        """Attach a structure and allocate the masses (zero, or copies of ``r`` and ``l``)."""
         if st.n_trees != self.n_trees or st.height != self.height:
             raise ValueError("structure does not match n_trees/height")
-        dt = mass_dtype(self.window_size)
-        shape = (2, st.n_trees, st.n_nodes)
-        if mass is None:
-            m = np.zeros(shape, dtype=dt)
-        else:
-            m = np.ascontiguousarray(mass, dtype=dt).reshape(shape)
-            if not m.flags.writeable or m.base is not None:
-                m = m.copy()
+        if self._names is not None and self._names != st.feature_names:
+            raise ValueError(f"structure features {st.feature_names!r} != {self._names!r}")
+        m = np.zeros((st.n_trees, st.n_nodes, 2), dtype=mass_dtype(self.window_size))
+        if r is not None:
+            m[:, :, 0] = np.reshape(r, (st.n_trees, st.n_nodes))
+            m[:, :, 1] = np.reshape(l, (st.n_trees, st.n_nodes))
         self.structure = st
         self._names = st.feature_names
         self._mass = m
         self._base = cnp.PyArray_DATA(<cnp.ndarray> m)
-        return None
+        self._ri = 0
 
     @property
     def feature_names(self):
@@ -302,7 +377,7 @@ cdef class HSTCore:
 
     @property
     def limits(self):
-        return dict(self._limits)
+        return dict(self._limits) if self._limits else {}
 
     @property
     def size_limit(self):
@@ -317,7 +392,7 @@ cdef class HSTCore:
 
     cdef Py_ssize_t _load(self, object x, double* xs, uint8_t* miss) except -1:
         """Fill xs/miss from a mapping in feature-name order; return the number missing."""
-        cdef tuple names = self.structure.feature_names
+        cdef tuple names = self._names
         cdef Py_ssize_t j, n = len(names), n_miss = 0
         cdef PyObject* v
         cdef bint exact = PyDict_CheckExact(x)
@@ -344,63 +419,63 @@ cdef class HSTCore:
             miss[j] = 0
         return n_miss
 
-    cdef inline void _pivot(self) noexcept:
-        cdef Py_ssize_t half = self.n_trees * self.structure.n_nodes
-        cdef size_t item = (<size_t> 1) << self._kind
-        self._ri = 1 - self._ri
-        # the old reference half becomes the new (zeroed) latest half
-        memset(<char*> self._base + (1 - self._ri) * half * item, 0, half * item)
-        self._first_window = False
-        self.counter = 0
+    cdef inline void _after_learn(self) noexcept:
+        cdef Py_ssize_t n = self.n_trees * self.structure.n_nodes
+        self.counter += 1
+        if self.counter == self.window_size:
+            if self._kind == 0:
+                self._ri = _pivot_masses(<uint8_t*> self._base, n, self._ri)
+            elif self._kind == 1:
+                self._ri = _pivot_masses(<uint16_t*> self._base, n, self._ri)
+            else:
+                self._ri = _pivot_masses(<uint32_t*> self._base, n, self._ri)
+            self._first_window = False
+            self.counter = 0
 
     cdef double _score_buf(self, const double* xs, const uint8_t* miss) noexcept:
         cdef Structure st = self.structure
-        cdef Py_ssize_t half = self.n_trees * st.n_nodes
-        cdef Py_ssize_t ro = self._ri * half, lo = (1 - self._ri) * half
         cdef double s
         if self._kind == 0:
-            s = _score_row(st._feat, st._thr, <uint8_t*> self._base + ro,
-                           <uint8_t*> self._base + lo, self.n_trees, st.n_internal, st.n_nodes,
-                           self.height, self._size_limit, xs, miss)
+            s = _score_row(st._nodes, <uint8_t*> self._base, self._ri, self.n_trees,
+                           st.n_internal, st.n_nodes, self.height, self._size_limit, xs, miss)
         elif self._kind == 1:
-            s = _score_row(st._feat, st._thr, <uint16_t*> self._base + ro,
-                           <uint16_t*> self._base + lo, self.n_trees, st.n_internal, st.n_nodes,
-                           self.height, self._size_limit, xs, miss)
+            s = _score_row(st._nodes, <uint16_t*> self._base, self._ri, self.n_trees,
+                           st.n_internal, st.n_nodes, self.height, self._size_limit, xs, miss)
         else:
-            s = _score_row(st._feat, st._thr, <uint32_t*> self._base + ro,
-                           <uint32_t*> self._base + lo, self.n_trees, st.n_internal, st.n_nodes,
-                           self.height, self._size_limit, xs, miss)
+            s = _score_row(st._nodes, <uint32_t*> self._base, self._ri, self.n_trees,
+                           st.n_internal, st.n_nodes, self.height, self._size_limit, xs, miss)
         return 1.0 - s / self._max_score
 
-    cdef void _learn_buf(self, const double* xs, const uint8_t* miss) noexcept:
+    cdef double _score_learn_buf(self, const double* xs, const uint8_t* miss,
+                                 bint do_score) noexcept:
         cdef Structure st = self.structure
-        cdef Py_ssize_t lo = (1 - self._ri) * self.n_trees * st.n_nodes
+        cdef bint score = do_score and not self._first_window
+        cdef double s
         if self._kind == 0:
-            _learn_row(st._feat, st._thr, <uint8_t*> self._base + lo, self.n_trees,
-                       st.n_internal, st.n_nodes, self.height, xs, miss)
+            s = _score_learn_row(st._nodes, <uint8_t*> self._base, self._ri, self.n_trees,
+                                 st.n_internal, st.n_nodes, self.height, self._size_limit,
+                                 score, xs, miss)
         elif self._kind == 1:
-            _learn_row(st._feat, st._thr, <uint16_t*> self._base + lo, self.n_trees,
-                       st.n_internal, st.n_nodes, self.height, xs, miss)
+            s = _score_learn_row(st._nodes, <uint16_t*> self._base, self._ri, self.n_trees,
+                                 st.n_internal, st.n_nodes, self.height, self._size_limit,
+                                 score, xs, miss)
         else:
-            _learn_row(st._feat, st._thr, <uint32_t*> self._base + lo, self.n_trees,
-                       st.n_internal, st.n_nodes, self.height, xs, miss)
-        self.counter += 1
-        if self.counter == self.window_size:
-            self._pivot()
+            s = _score_learn_row(st._nodes, <uint32_t*> self._base, self._ri, self.n_trees,
+                                 st.n_internal, st.n_nodes, self.height, self._size_limit,
+                                 score, xs, miss)
+        self._after_learn()
+        return 1.0 - s / self._max_score if score else 0.0
 
     # -- per-event path -----------------------------------------------------------------------
 
-    def score_one(self, x):
-        """Anomaly score of ``x`` in [0, 1] (high = anomalous); 0 during the first window."""
+    cdef double _one(self, object x, int mode) except? -2.0:
+        """mode 0: score, 1: learn, 2: score then learn (one conversion, one walk)."""
         cdef double sbuf[STACK_FEATURES]
         cdef uint8_t mbuf[STACK_FEATURES]
         cdef double* xs = sbuf
         cdef uint8_t* miss = mbuf
-        cdef Py_ssize_t n, n_miss
+        cdef Py_ssize_t n = len(self._names), n_miss
         cdef double out
-        if self._first_window:
-            return 0.0
-        n = len(self.structure.feature_names)
         if n > STACK_FEATURES:
             xs = <double*> malloc(n * sizeof(double))
             miss = <uint8_t*> malloc(n)
@@ -410,64 +485,31 @@ cdef class HSTCore:
                 raise MemoryError()
         try:
             n_miss = self._load(x, xs, miss)
-            out = self._score_buf(xs, miss if n_miss else NULL)
+            if mode == 0:
+                out = self._score_buf(xs, miss if n_miss else NULL)
+            else:
+                out = self._score_learn_buf(xs, miss if n_miss else NULL, mode == 2)
         finally:
             if n > STACK_FEATURES:
                 free(xs)
                 free(miss)
         return out
+
+    def score_one(self, x):
+        """Anomaly score of ``x`` in [0, 1] (high = anomalous); 0 during the first window."""
+        if self._first_window:
+            return 0.0
+        return self._one(x, 0)
 
     def learn_one(self, x):
         """Update the latest masses with ``x``; pivot the window every ``window_size`` calls."""
-        cdef double sbuf[STACK_FEATURES]
-        cdef uint8_t mbuf[STACK_FEATURES]
-        cdef double* xs = sbuf
-        cdef uint8_t* miss = mbuf
-        cdef Py_ssize_t n, n_miss
         self._ensure(x)
-        n = len(self.structure.feature_names)
-        if n > STACK_FEATURES:
-            xs = <double*> malloc(n * sizeof(double))
-            miss = <uint8_t*> malloc(n)
-            if xs == NULL or miss == NULL:
-                free(xs)
-                free(miss)
-                raise MemoryError()
-        try:
-            n_miss = self._load(x, xs, miss)
-            self._learn_buf(xs, miss if n_miss else NULL)
-        finally:
-            if n > STACK_FEATURES:
-                free(xs)
-                free(miss)
+        self._one(x, 1)
 
     def score_learn_one(self, x):
-        """``score_one(x)`` then ``learn_one(x)`` with a single dict conversion."""
-        cdef double sbuf[STACK_FEATURES]
-        cdef uint8_t mbuf[STACK_FEATURES]
-        cdef double* xs = sbuf
-        cdef uint8_t* miss = mbuf
-        cdef Py_ssize_t n, n_miss
-        cdef double out = 0.0
+        """``score_one(x)`` then ``learn_one(x)`` with a single dict conversion and tree walk."""
         self._ensure(x)
-        n = len(self.structure.feature_names)
-        if n > STACK_FEATURES:
-            xs = <double*> malloc(n * sizeof(double))
-            miss = <uint8_t*> malloc(n)
-            if xs == NULL or miss == NULL:
-                free(xs)
-                free(miss)
-                raise MemoryError()
-        try:
-            n_miss = self._load(x, xs, miss)
-            if not self._first_window:
-                out = self._score_buf(xs, miss if n_miss else NULL)
-            self._learn_buf(xs, miss if n_miss else NULL)
-        finally:
-            if n > STACK_FEATURES:
-                free(xs)
-                free(miss)
-        return out
+        return self._one(x, 2)
 
     # -- batch path ---------------------------------------------------------------------------
 
@@ -501,17 +543,17 @@ cdef class HSTCore:
         cdef double size_limit = self._size_limit, max_score = self._max_score
         with nogil:
             if kind == 0:
-                _run_many(st._feat, st._thr, <uint8_t*> base, n_trees, st.n_internal,
-                          st.n_nodes, height, size_limit, max_score, ws, xp, mp, n_rows, n_cols,
-                          op, &ri, &counter, &fw)
+                _run_many(st._nodes, <uint8_t*> base, n_trees, st.n_internal, st.n_nodes,
+                          height, size_limit, max_score, ws, xp, mp, n_rows, n_cols, op, &ri,
+                          &counter, &fw)
             elif kind == 1:
-                _run_many(st._feat, st._thr, <uint16_t*> base, n_trees, st.n_internal,
-                          st.n_nodes, height, size_limit, max_score, ws, xp, mp, n_rows, n_cols,
-                          op, &ri, &counter, &fw)
+                _run_many(st._nodes, <uint16_t*> base, n_trees, st.n_internal, st.n_nodes,
+                          height, size_limit, max_score, ws, xp, mp, n_rows, n_cols, op, &ri,
+                          &counter, &fw)
             else:
-                _run_many(st._feat, st._thr, <uint32_t*> base, n_trees, st.n_internal,
-                          st.n_nodes, height, size_limit, max_score, ws, xp, mp, n_rows, n_cols,
-                          op, &ri, &counter, &fw)
+                _run_many(st._nodes, <uint32_t*> base, n_trees, st.n_internal, st.n_nodes,
+                          height, size_limit, max_score, ws, xp, mp, n_rows, n_cols, op, &ri,
+                          &counter, &fw)
         self._ri = ri
         self.counter = counter
         self._first_window = fw
@@ -523,24 +565,27 @@ cdef class HSTCore:
         """(r, l) views of shape (n_trees, n_nodes), heap order; None before the first learn."""
         if self._mass is None:
             return None
-        return self._mass[self._ri], self._mass[1 - self._ri]
+        return self._mass[:, :, self._ri], self._mass[:, :, 1 - self._ri]
 
-    def _set_state(self, long counter, bint first_window, r=None, l=None):
+    def _set_state(self, long counter, bint first_window):
         if counter < 0 or counter >= self.window_size:
             raise ValueError("counter out of range")
+        if self.structure is None and (counter or not first_window):
+            raise ValueError("a model that has learned needs its masses")
         self.counter = counter
         self._first_window = first_window
-        if r is not None:
-            self._mass[0] = r
-            self._mass[1] = l
-            self._ri = 0
 
     def _fix_names(self, tuple names):
-        if self.structure is not None and names != self.structure.feature_names:
-            raise ValueError("feature names are already fixed to "
-                             f"{self.structure.feature_names!r}")
+        if self._names is not None and names != self._names:
+            raise ValueError(f"feature names are already fixed to {self._names!r}")
         self._names = names
 
-    def _mass_sizeof(self):
-        import sys
-        return 0 if self._mass is None else sys.getsizeof(self._mass)
+    def _sizeof(self):
+        """Bytes held by this model alone: object, mass array, limits (not the structure)."""
+        n = sys.getsizeof(self)
+        if self._mass is not None:
+            n += sys.getsizeof(self._mass)
+        if self._limits:
+            n += sys.getsizeof(self._limits) + sum(sys.getsizeof(v)
+                                                    for v in self._limits.values())
+        return n

@@ -7,10 +7,10 @@ the masses are per model. Scores are bit-identical to river's; see ``tests/unit/
 """
 from __future__ import annotations
 
+import collections
 import json
 import random
 import struct
-import sys
 import weakref
 from collections.abc import Iterable, Mapping
 
@@ -31,7 +31,10 @@ _F_FIRST_WINDOW = 1
 _F_MASSES = 2
 _F_EMBEDDED_STRUCTURE = 4
 
+# Structures live as long as a model uses them; the last few built stay alive even when no
+# model does, so that dropping and reloading models does not rebuild their trees.
 _structures: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_recent: collections.deque = collections.deque(maxlen=8)
 
 
 def _feature_limits(names: tuple, limits: Mapping | None) -> tuple:
@@ -131,6 +134,7 @@ def build_structure(feature_names: Iterable, n_trees: int = 10, height: int = 8,
     st = Structure(names, n_trees, height, feat, thr, key)
     if key is not None:
         _structures[key] = st
+        _recent.append(st)
     return st
 
 
@@ -256,12 +260,12 @@ class HalfSpaceTrees(_hst.HSTCore):
 
     @property
     def nbytes(self) -> int:
-        """Per-model memory in bytes: object + mass array (the shared structure excluded)."""
-        n = sys.getsizeof(self) + self._mass_sizeof()
-        lim = self.limits
-        if lim:
-            n += sys.getsizeof(lim) + sum(sys.getsizeof(v) for v in lim.values())
-        return n
+        """Per-model memory in bytes: object, mass array, own limits (shared structure excluded).
+
+        Masses are ``2 * n_trees * (2**(height+1) - 1)`` counts of 1 byte (window_size <= 255),
+        2 bytes (<= 65535) or 4 bytes: 10,220 bytes at river's defaults.
+        """
+        return self._sizeof()
 
     # -- serialization ----------------------------------------------------------------------------
 
@@ -321,6 +325,7 @@ class HalfSpaceTrees(_hst.HSTCore):
             count = 2 * n_trees * n_nodes
             mass = np.frombuffer(b, dtype=f"<u{item}", count=count, offset=off)
             off += count * item
+            mass = mass.reshape(2, n_trees, n_nodes)
             names = tuple(names)
             if flags & _F_EMBEDDED_STRUCTURE:
                 feat = np.frombuffer(b, dtype="<i4", count=n_trees * n_int, offset=off)
@@ -330,7 +335,7 @@ class HalfSpaceTrees(_hst.HSTCore):
                 st = Structure(names, n_trees, height, feat, thr, None)
             else:
                 st = build_structure(names, n_trees, height, limits, meta["seed"])
-            model._attach(st, mass.astype(mass_dtype(window_size)))  # native order, owned copy
+            model._attach(st, mass[0], mass[1])  # copied into a native-order array
         if off != len(b):
             raise ValueError("trailing bytes in HalfSpaceTrees state")
         model._set_state(counter, bool(flags & _F_FIRST_WINDOW))
