@@ -35,7 +35,8 @@ from stream.detect.spec import DetectorSpec
 from stream.detect.window import ClosedWindow, WindowStore
 
 STATE_VERSION = 1
-_Z_SCALE = 8.0  # z in [-4, 4] maps onto [0, 1] for the trees
+_Z_SCALE = 8.0
+_RESOLVE_P = 1e-3  # a window counts as normal again when its distance from baseline is this probable  # z in [-4, 4] maps onto [0, 1] for the trees
 
 
 @functools.lru_cache(maxsize=1024)
@@ -196,7 +197,11 @@ class Detector:
                 ent.incident = {"id": a["alert_id"], "start": w.start}
                 out.append(a)
         else:
-            ent.normal_streak += 1
+            # back to normal means close to baseline again, not merely a lower rank among recent
+            # scores (those include the incident's own): a level shift stays firing until it ends
+            # or ADWIN declares it the new normal
+            near = d2 < _chi2_isf(_RESOLVE_P, max(1, len(z)))
+            ent.normal_streak = ent.normal_streak + 1 if near else 0
             if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
                 a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap)
                 a["incident_id"] = ent.incident["id"]
@@ -210,7 +215,9 @@ class Detector:
             scores.append(score)
             if len(scores) > thr.history:
                 scores.popleft()
-        if not anomalous:
+        # learn only normal windows: nothing of an open incident (not even its lower-ranked
+        # windows) may leak into the baseline, or the incident would soon look normal
+        if not anomalous and (ent.incident is None or ent.normal_streak > 0 or not warm):
             ent.model.learn_one(x)
             self._update_baseline(ent, feats)
         return out
