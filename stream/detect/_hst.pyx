@@ -17,8 +17,9 @@ children ``2i+1`` (left, ``value < threshold``) and ``2i+2`` (right). A tree has
   latest mass ``l``. A window pivot flips ``ri`` and zeroes the new ``l`` slots (river copies
   ``l`` into ``r`` then zeroes ``l``: same result).
 
-A node's split record and its masses each take one load, and the trees are walked level by
-level in blocks so that their independent root-to-leaf chains of loads overlap. Scores are
+A node's split record and its masses each take one load, the trees are walked level by level
+in blocks so that their independent root-to-leaf chains of loads overlap, and deep nodes (cache
+misses in big trees) are prefetched one level ahead. Scores are
 accumulated in double in river's exact order (per tree ``0.0 + r*2**depth ...``, then over
 trees), so results are bit-identical to ``river.anomaly.HalfSpaceTrees``.
 """
@@ -35,8 +36,20 @@ from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_AsDoub
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define HST_PREFETCH(p) __builtin_prefetch((const void*)(p))
+    #else
+    #define HST_PREFETCH(p) ((void)(p))
+    #endif
+    """
+    void HST_PREFETCH(const void* p) noexcept nogil
+
+
 DEF STACK_FEATURES = 64
-DEF BLOCK = 16
+DEF BLOCK = 32
+DEF PREFETCH_DEPTH = 8  # prefetch nodes from this depth on (shallower ones stay cached)
 
 ctypedef fused mass_t:
     uint8_t
@@ -151,7 +164,14 @@ cdef inline double _score_learn_row(const node_t* nodes, mass_t* m, int ri,
                     s[k] += <double>(r * pw)
                     scoring[k] = not (<double>r < size_limit)
                 tm[2 * nd + li] += 1
-                node[k] = _child(x, miss, nodes + t * n_int + nd, tm, 2 * nd + 1, li)
+                nd = _child(x, miss, nodes + t * n_int + nd, tm, 2 * nd + 1, li)
+                node[k] = nd
+                if d + 1 >= PREFETCH_DEPTH:
+                    # deep nodes are cache misses: start loading them while the other trees
+                    # of the block are walked
+                    HST_PREFETCH(tm + 2 * nd)
+                    if nd < n_int:
+                        HST_PREFETCH(nodes + t * n_int + nd)
             pw <<= 1
         for k in range(nb):
             tm = m + 2 * ((t0 + k) * n_nodes + node[k])

@@ -144,6 +144,11 @@ def _check_json_key(v, what):
     return v
 
 
+def _number(v):
+    """A limit as JSON keeps it: ints stay ints (river's arithmetic sees the same values)."""
+    return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else float(v)
+
+
 class HalfSpaceTrees(_hst.HSTCore):
     """Half-Space Trees, bit-identical to ``river.anomaly.HalfSpaceTrees``, compiled.
 
@@ -281,7 +286,7 @@ class HalfSpaceTrees(_hst.HSTCore):
         names = self.feature_names
         meta = {
             "seed": seed,
-            "limits": [[_check_json_key(k, "feature names"), v[0], v[1]]
+            "limits": [[_check_json_key(k, "feature names"), _number(v[0]), _number(v[1])]
                        for k, v in self.limits.items()],
             "names": None if names is None else [_check_json_key(n, "feature names")
                                                  for n in names],
