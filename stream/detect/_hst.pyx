@@ -142,7 +142,7 @@ cdef inline double _score_learn_row(const node_t* nodes, mass_t* m, int ri,
     cdef double total = 0.0
     cdef double s[BLOCK]
     cdef Py_ssize_t node[BLOCK]
-    cdef bint scoring[BLOCK]
+    cdef int64_t scoring[BLOCK]  # 1 while river's _walk_score would still be walking
     cdef Py_ssize_t t0, t, k, nb, nd
     cdef int d, li = 1 - ri
     cdef int64_t pw, r
@@ -159,10 +159,10 @@ cdef inline double _score_learn_row(const node_t* nodes, mass_t* m, int ri,
                 t = t0 + k
                 nd = node[k]
                 tm = m + 2 * t * n_nodes
-                if scoring[k]:
-                    r = tm[2 * nd + ri]
-                    s[k] += <double>(r * pw)
-                    scoring[k] = not (<double>r < size_limit)
+                # branch-free: once a tree's score has stopped (river returns), add zeros
+                r = tm[2 * nd + ri]
+                s[k] += <double>(r * pw * scoring[k])
+                scoring[k] &= <double>r >= size_limit
                 tm[2 * nd + li] += 1
                 nd = _child(x, miss, nodes + t * n_int + nd, tm, 2 * nd + 1, li)
                 node[k] = nd
@@ -175,8 +175,7 @@ cdef inline double _score_learn_row(const node_t* nodes, mass_t* m, int ri,
             pw <<= 1
         for k in range(nb):
             tm = m + 2 * ((t0 + k) * n_nodes + node[k])
-            if scoring[k]:
-                s[k] += <double>(<int64_t>tm[ri] * pw)
+            s[k] += <double>(<int64_t>tm[ri] * pw * scoring[k])
             tm[li] += 1
             total += s[k]
     return total
