@@ -246,6 +246,7 @@ class HalfSpaceTrees(_hst.HSTCore):
         (must then be given already sorted); without any names the features are ``0..d-1``.
         ``missing`` (optional bool array shaped like ``X``) marks features absent from an event
         (river's missing-feature rule); NaN is a value, not a missing feature, as in river.
+        The GIL is released during the loop: do not use one model from several threads.
         """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2:
