@@ -63,7 +63,6 @@ class Pipeline:
         specs = load_specs(settings.specs_dir or None, window=settings.window_seconds,
                            lateness=settings.allowed_lateness_seconds)
         self.detectors = {s.name: Detector(s, source_topic=settings.topic_metrics) for s in specs}
-        self.counters: dict[str, int] = {"processed": 0, "deadlettered": 0, "late": 0, "alerts": 0}
 
     def route(self, samples) -> dict[bytes, list]:
         """Samples grouped by entity key (detector/entity) for the internal topic."""
@@ -153,7 +152,6 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 rec = deadletter_record(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=event.key)
                 await deadletter_topic.send(key=f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
                                             value=orjson.dumps(rec))
-                pipe.counters["deadlettered"] += 1
             if not good:
                 continue
             for key, samples in pipe.route(good).items():
@@ -185,13 +183,11 @@ def build_app(settings: Settings | None = None) -> faust.App:
             for metric, labels, ts, value, part, off in orjson.loads(event.value):
                 alerts += det.ingest(metric, labels, ts, value, offset=off, partition=part,
                                      lane=event.message.partition)
-                pipe.counters["processed"] += 1
             if det.late > late0:
                 m.EVENTS.labels(s.topic_metrics, "late").inc(det.late - late0)
             for a in alerts:
                 await alerts_topic.send(key=a["series"]["id"].encode(), value=orjson.dumps(a))
                 m.ALERTS.labels(a["kind"], a["severity"], a["detector"]).inc()
-                pipe.counters["alerts"] += 1
             blob = offset.to_bytes(8, "big") + det.export_state(eid)
             state_sizes[key] = len(blob)
             state[key] = blob
