@@ -1,0 +1,186 @@
+"""Model monitoring end to end on the real broker: inferences + feedback -> worker -> alerts / deadletter.
+
+One isolated deployment (own app id and topics, like the ``stream_env`` fixture) serves the
+module: five models share one stream, each with its own story, and each test checks one of
+them, so one worker run covers every alert kind.
+
+* ``drift``   - features ``a`` (numeric) and ``d`` (categorical) shift at inference 1800: ``data_drift``
+  naming exactly them;
+* ``pred``    - the predicted class rate goes from 0.3 to 0.7 at 1800: ``prediction_drift``;
+* ``perf``    - labels: error rate 0.1 -> 0.4 at 1800: ``performance_drift`` near the true change point;
+* ``renamed`` - field ``c`` is renamed ``c_v2`` at 1800: exactly one ``schema_drift``;
+* ``stable``  - nothing changes: no alert.
+"""
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from tests.conftest import StreamEnv
+
+pytestmark = pytest.mark.kafka
+
+T0 = 1_700_000_000.0
+N = 2600
+CHANGE = 1800
+N_PERF = 3000
+BATCH = 25
+EXPECTED = {"drift": {"data_drift"}, "pred": {"prediction_drift"}, "perf": {"performance_drift"},
+            "renamed": {"schema_drift"}, "stable": set()}
+
+BAD_INFERENCES = [
+    (b"not json at all", "not_json"),
+    (b'{"model": "stable", "version": "1", "ts": 1, "features": {}, "prediction": 1}', "missing_field"),
+    (b'{"model": "stable", "version": "1", "request_id": "x", "ts": 1, "features": {"a": [1]}, "prediction": 1}',
+     "bad_features"),
+    (b'{"model": "stable", "version": "1", "request_id": "x", "ts": 1, "features": {}, "prediction": NaN}',
+     "non_finite"),
+]
+BAD_FEEDBACK = [(b'{"model": "perf", "version": "1", "request_id": "x", "ts": 1}', "missing_field")]
+
+
+def _inference(model, i, rng):
+    a_shift = 2.0 if (model == "drift" and i >= CHANGE) else 0.0
+    p_d = (0.1, 0.2, 0.7) if (model == "drift" and i >= CHANGE) else (0.6, 0.3, 0.1)
+    feats = {"a": float(rng.normal(a_shift, 1)), "b": float(rng.normal(5, 2)), "c": float(rng.exponential(3)),
+             "d": str(rng.choice(["x", "y", "z"], p=p_d))}
+    if model == "renamed" and i >= CHANGE:
+        feats["c_v2"] = feats.pop("c")
+    rate = 0.7 if (model == "pred" and i >= CHANGE) else 0.3
+    pred = int(rng.random() < rate)
+    return {"model": model, "version": "1", "request_id": f"{model}-{i}", "ts": T0 + i, "features": feats,
+            "prediction": pred, "score": float(rng.beta(2, 5))}
+
+
+def _messages():
+    """(topic kind, key, value) in produce order: models interleaved, perf one message per event."""
+    rng = np.random.default_rng(7)
+    out = []
+    batches = {m: [] for m in ("drift", "pred", "renamed", "stable")}
+    for i in range(max(N, N_PERF)):
+        for m in batches:
+            if i < N:
+                batches[m].append(_inference(m, i, rng))
+                if len(batches[m]) == BATCH:
+                    out.append(("inf", m, orjson.dumps({"inferences": batches[m]})))
+                    batches[m] = []
+        if i < N_PERF:
+            inf = _inference("perf", i, rng)
+            out.append(("inf", "perf", orjson.dumps(inf)))
+            err = 0.1 if i < CHANGE else 0.4
+            label = inf["prediction"] if rng.random() >= err else 1 - inf["prediction"]
+            out.append(("fb", "perf", orjson.dumps({"model": "perf", "version": "1", "request_id": inf["request_id"],
+                                                    "label": label, "ts": T0 + i + 30})))
+    for m, rest in batches.items():
+        if rest:
+            out.append(("inf", m, orjson.dumps({"inferences": rest})))
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(kafka_bootstrap, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e_models")
+    specs = tmp / "specs"
+    specs.mkdir()
+    (specs / "models.yaml").write_text("kind: model_monitor\nname: e2e\nbaseline: 1000\n"
+                                       "window: {size: 500, compare_every: 100}\nseverity: critical\n")
+    env = StreamEnv(kafka_bootstrap, tmp, STREAM_SPECS_DIR=str(specs))
+    env.cli("topics", "apply")
+    from confluent_kafka import Producer
+
+    topics = {"inf": env.env["STREAM_TOPIC_INFERENCES"], "fb": env.env["STREAM_TOPIC_FEEDBACK"]}
+    worker = env.start_worker()
+    try:
+        msgs = _messages()
+        p = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 20, "compression.type": "lz4"})
+        t = time.monotonic()
+        for raw, _ in BAD_INFERENCES:
+            p.produce(topics["inf"], key=b"stable", value=raw)
+        for raw, _ in BAD_FEEDBACK:
+            p.produce(topics["fb"], key=b"perf", value=raw)
+        for kind, key, value in msgs:
+            while True:
+                try:
+                    p.produce(topics[kind], key=key.encode(), value=value)
+                    break
+                except BufferError:
+                    p.poll(0.1)
+        assert p.flush(60) == 0
+        produced_in = time.monotonic() - t
+
+        def complete(recs):
+            got = {(a["series"]["labels"]["model"], a["kind"]) for a in recs if a["status"] == "firing"}
+            return all((m, k) in got for m, ks in EXPECTED.items() for k in ks)
+
+        t = time.monotonic()
+        alerts = env.consume(env.env["STREAM_TOPIC_ALERTS"], until=complete, timeout=120)
+        waited = time.monotonic() - t
+        time.sleep(5)  # anything else the rest of the stream raises
+        alerts = env.consume(env.env["STREAM_TOPIC_ALERTS"], until=lambda r: False, timeout=6)
+        dead = env.consume(env.env["STREAM_TOPIC_DEADLETTER"],
+                           until=lambda r: len(r) >= len(BAD_INFERENCES) + len(BAD_FEEDBACK), timeout=30)
+        print(f"produced {len(msgs)} messages in {produced_in:.1f}s; all expected alerts after {waited:.1f}s")
+        yield {"env": env, "alerts": alerts, "dead": dead, "worker": worker, "topics": topics}
+    finally:
+        env.stop()
+
+
+def _of(run, model, kind=None):
+    return [a for a in run["alerts"] if a["series"]["labels"]["model"] == model and (kind is None or a["kind"] == kind)]
+
+
+def test_every_model_raises_exactly_its_expected_alerts(run):
+    assert run["worker"].poll() is None, "worker died:\n" + run["env"].worker_log()[-3000:]
+    for model, kinds in EXPECTED.items():
+        got = [(a["kind"], a["status"]) for a in _of(run, model)]
+        assert got == [(k, "firing") for k in sorted(kinds)], (model, got, run["env"].worker_log()[-2000:])
+
+
+def test_data_drift_names_the_shifted_features_and_no_others(run):
+    (a,) = _of(run, "drift", "data_drift")
+    assert a["drift"]["drifted"] == ["a", "d"]
+    assert a["series"] == {"id": "model/drift@1", "labels": {"model": "drift", "version": "1"}}
+    assert a["detector"] == "e2e" and a["severity"] == "critical" and len(a["alert_id"]) == 32
+    assert CHANGE <= a["window"]["end"] - T0 < CHANGE + 500 and a["window"]["end"] - a["window"]["start"] == 499
+    by = {f["feature"]: f for f in a["drift"]["features"]}
+    assert by["a"]["psi"] >= 0.25 and by["a"]["ks_pvalue"] < 1e-3 and sum(by["a"]["current_counts"]) == 500
+    assert set(by["d"]["baseline_counts"]) == {"x", "y", "z", "__other__"}
+    src = a["source"]
+    assert src["topic"] == run["topics"]["inf"] and src["first_offset"] <= src["last_offset"]
+
+
+def test_prediction_shift_raises_prediction_drift(run):
+    (a,) = _of(run, "pred", "prediction_drift")
+    assert a["drift"]["drifted"] == ["prediction"] and a["window"]["end"] - T0 >= CHANGE
+
+
+def test_rising_error_rate_raises_performance_drift_near_the_change_point(run):
+    (a,) = _of(run, "perf", "performance_drift")
+    ch = a["drift"]["changes"][0]
+    assert abs(ch["change_point"] - (T0 + CHANGE)) <= 150, ch
+    assert ch["before"] < 0.15 and ch["after"] > 0.25 and a["drift"]["task"] == "classification"
+    assert a["source"]["topic"] == run["topics"]["fb"]
+
+
+def test_renamed_field_raises_one_schema_drift(run):
+    (a,) = _of(run, "renamed")
+    assert a["kind"] == "schema_drift"
+    assert {(v["type"], v["field"]) for v in a["drift"]["violations"]} == {("missing_field", "c"), ("new_field", "c_v2")}
+
+
+def test_stable_stream_raises_nothing(run):
+    assert _of(run, "stable") == []
+
+
+def test_bad_events_go_to_deadletter(run):
+    dead = run["dead"]
+    expected = [(raw, reason, run["topics"]["inf"]) for raw, reason in BAD_INFERENCES]
+    expected += [(raw, reason, run["topics"]["fb"]) for raw, reason in BAD_FEEDBACK]
+    assert len(dead) == len(expected), [d["reason"] for d in dead]
+    got = {(base64.b64decode(d["original_b64"]), d["reason"], d["source"]["topic"]) for d in dead}
+    assert got == set(expected)
+    assert all(d["source"]["offset"] >= 0 and d["time"] > 0 and d["error"] for d in dead)
