@@ -87,6 +87,11 @@ class Detector:
         self.late = 0
         self.invalid_features = 0
         self.alpha = 1 - 0.5 ** (1 / spec.baseline_halflife)
+        # optional observer of every closed window's verdict (offline scoring, evaluation):
+        # called as on_window(window, verdict) with verdict = {"score", "grade", "distance",
+        # "anomalous", "firing", "warm"}; "firing" is whether the entity's incident is open after
+        # this window. It only reads; None (the default) costs nothing.
+        self.on_window = None
 
     # ------------------------------------------------------------------------ ingest
     def ingest(self, metric: str, labels: dict[str, str], ts: float, value: float, *, offset: int = -1,
@@ -220,6 +225,9 @@ class Detector:
         if not anomalous and (ent.incident is None or ent.normal_streak > 0 or not warm):
             ent.model.learn_one(x)
             self._update_baseline(ent, feats)
+        if self.on_window is not None:
+            self.on_window(w, {"score": score, "grade": grade, "distance": d2, "anomalous": anomalous,
+                               "firing": ent.incident is not None, "warm": warm})
         return out
 
     def _update_baseline(self, ent: _Entity, feats: dict[str, float]) -> None:
