@@ -192,6 +192,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
             state_sizes[key] = len(blob)
             state[key] = blob
 
+    from stream.models_worker import register_model_agents
+    register_model_agents(app, s, alerts_topic, deadletter_topic)
+
     return app
 
 
