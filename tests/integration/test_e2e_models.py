@@ -184,3 +184,71 @@ def test_bad_events_go_to_deadletter(run):
     got = {(base64.b64decode(d["original_b64"]), d["reason"], d["source"]["topic"]) for d in dead}
     assert got == set(expected)
     assert all(d["source"]["offset"] >= 0 and d["time"] > 0 and d["error"] for d in dead)
+
+
+def _count(env, topic: str, n: int, timeout: float) -> int:
+    """Records on a (binary) topic, read from the beginning until n are seen or the timeout passes."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": env.env["STREAM_BOOTSTRAP_SERVERS"], "group.id": f"t-{uuid.uuid4().hex}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    seen = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < n and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is not None and not msg.error():
+                seen += 1
+    finally:
+        c.close()
+    return seen
+
+
+def test_state_survives_a_worker_restart(stream_env):
+    """The baseline learned before a restart is recovered from the changelog table: the drift alert
+    after the restart is the one an uninterrupted monitor raises (same deterministic alert id)."""
+    from confluent_kafka import Producer
+
+    from stream.detect.monitor import Monitors
+    from stream.detect.monitor_spec import DEFAULT_MONITOR
+    from stream.inference_events import decode_inferences
+
+    env = stream_env
+    rng = np.random.default_rng(11)
+    events = [orjson.dumps(_inference("drift", i, rng)) for i in range(N)]
+    expected = []
+    core = Monitors([DEFAULT_MONITOR], source_topic=env.env["STREAM_TOPIC_INFERENCES"])
+    for off, raw in enumerate(events):
+        expected += core.observe(decode_inferences(raw, max_bytes=10**6, max_batch=10)[0][0], 0, off)
+    assert [a["kind"] for a in expected] == ["data_drift"]
+
+    topic = env.env["STREAM_TOPIC_INFERENCES"]
+    p = Producer({"bootstrap.servers": env.env["STREAM_BOOTSTRAP_SERVERS"], "linger.ms": 20})
+
+    def produce(lines):
+        for raw in lines:
+            p.produce(topic, key=b"drift", value=raw, partition=0)
+            p.poll(0)
+        assert p.flush(60) == 0
+
+    half = 1500  # a multiple of the snapshot period: the last snapshot holds all of it
+    first = env.start_worker("w1")
+    produce(events[:half])
+    changelog = f"{env.env['STREAM_APP_ID']}-model-monitor-state-changelog"
+    snaps = _count(env, changelog, half // 100, timeout=90)
+    assert snaps >= half // 100, "no state snapshots:\n" + env.worker_log("w1")[-3000:]
+    time.sleep(3)  # let the consumer commit its offsets
+    first.terminate()
+    first.wait(30)
+    env.start_worker("w2")
+    produce(events[half:])
+    alerts = env.consume(env.env["STREAM_TOPIC_ALERTS"], until=lambda r: len(r) >= 1, timeout=90)
+    assert alerts, "no alert after the restart:\n" + env.worker_log("w2")[-3000:]
+    time.sleep(3)
+    alerts = env.consume(env.env["STREAM_TOPIC_ALERTS"], until=lambda r: False, timeout=4)
+    assert [(a["kind"], a["alert_id"], a["drift"]["drifted"]) for a in alerts] == \
+        [(a["kind"], a["alert_id"], a["drift"]["drifted"]) for a in expected]
+    assert alerts[0]["source"] == expected[0]["source"]
