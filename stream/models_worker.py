@@ -11,6 +11,10 @@ Each model's monitor state is snapshotted into the changelog-backed table ``mode
 after a restart the state is recovered from the table and messages it already holds are skipped.
 Messages between the last snapshot and the committed offset (at most ``SNAPSHOT_EVERY`` per
 model) are not replayed into the recovered state.
+
+Prometheus: ``stream_entities_active{detector=<monitor spec>}`` counts monitored model versions,
+``stream_state_bytes{detector="models"}`` the bytes of the last snapshots; events, dead letters
+and alerts are counted like the metrics agents' (topic = the inferences / feedback topic).
 """
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ def register_model_agents(app: faust.App, s: Settings, alerts_topic: Any, deadle
                            "and the input offsets it reflects")
     offsets: dict[str, dict] = {}  # model -> {"topic/partition": last offset reflected}
     since: dict[str, int] = {}  # model -> messages since its last snapshot
+    sizes: dict[str, int] = {}  # model -> bytes of its last snapshot
     counters = {t: (m.EVENTS.labels(t, "processed"), m.EVENTS.labels(t, "deadlettered"))
                 for t in (s.topic_inferences, s.topic_feedback)}
 
@@ -121,7 +126,13 @@ def register_model_agents(app: faust.App, s: Settings, alerts_topic: Any, deadle
                 since[model] = since.get(model, 0) + 1
                 if since[model] >= SNAPSHOT_EVERY and model in mons.models:
                     since[model] = 0
-                    table[model.encode()] = _pack(offsets[model], mons.export_state(model))
+                    blob = _pack(offsets[model], mons.export_state(model))
+                    table[model.encode()] = blob
+                    sizes[model] = len(blob)
+                    m.STATE_BYTES.labels("models").set(sum(sizes.values()))
+                    spec = mons.models[model].spec.name
+                    m.ENTITIES.labels(spec).set(sum(len(mm.versions) for mm in mons.models.values()
+                                                    if mm.spec.name == spec))
             m.PROCESSING.observe(time.perf_counter() - t0)
 
     return mons

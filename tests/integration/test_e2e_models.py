@@ -123,8 +123,13 @@ def run(kafka_bootstrap, tmp_path_factory):
         alerts = env.consume(env.env["STREAM_TOPIC_ALERTS"], until=lambda r: False, timeout=6)
         dead = env.consume(env.env["STREAM_TOPIC_DEADLETTER"],
                            until=lambda r: len(r) >= len(BAD_INFERENCES) + len(BAD_FEEDBACK), timeout=30)
+        import urllib.request
+
+        port = env.env["STREAM_WEB_PORT"]
+        prom = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         print(f"produced {len(msgs)} messages in {produced_in:.1f}s; all expected alerts after {waited:.1f}s")
-        yield {"env": env, "alerts": alerts, "dead": dead, "worker": worker, "topics": topics}
+        yield {"env": env, "alerts": alerts, "dead": dead, "worker": worker, "topics": topics,
+               "prom": prom}
     finally:
         env.stop()
 
@@ -252,3 +257,15 @@ def test_state_survives_a_worker_restart(stream_env):
     assert [(a["kind"], a["alert_id"], a["drift"]["drifted"]) for a in alerts] == \
         [(a["kind"], a["alert_id"], a["drift"]["drifted"]) for a in expected]
     assert alerts[0]["source"] == expected[0]["source"]
+
+
+def test_worker_metrics_count_the_inference_stream(run):
+    def value(topic, outcome):
+        line = f'stream_events_total{{outcome="{outcome}",topic="{topic}"}}'
+        return [float(l.rsplit(" ", 1)[1]) for l in run["prom"].splitlines() if l.startswith(line)]
+
+    assert value(run["topics"]["inf"], "processed") == [4 * N + N_PERF]
+    assert value(run["topics"]["fb"], "processed") == [N_PERF]
+    assert value(run["topics"]["inf"], "deadlettered") == [len(BAD_INFERENCES)]
+    assert 'stream_alerts_total{detector="e2e",kind="data_drift",severity="critical"} 1.0' in run["prom"]
+    assert 'stream_entities_active{detector="e2e"} 5.0' in run["prom"]
