@@ -103,8 +103,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
     entity_topic = app.topic(f"{s.app_id}-entity-samples", key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw",
                              partitions=s.topic_partitions, internal=True)
+    # key_type/value_type bytes make Faust use the raw codec for the changelog *and* for recovery
+    # (a schema alone is not used when recovering, which then fails to decode the records)
     state = app.Table("entity-state", default=None, partitions=s.topic_partitions,
-                      schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),
+                      key_type=bytes, value_type=bytes,
                       help="serialized per-entity detector state (stream.detect.engine.Detector.export_state)")
 
     state_sizes: dict[bytes, int] = {}
@@ -159,38 +161,61 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 await entity_topic.send(key=key, value=orjson.dumps(payload))
             processing.observe(time.perf_counter() - t0)
 
+    lane_checked: dict[tuple[str, int], float] = {}
+
+    async def publish(alerts: list[dict]) -> None:
+        for a in alerts:
+            await alerts_topic.send(key=a["series"]["id"].encode(), value=orjson.dumps(a))
+            m.ALERTS.labels(a["kind"], a["severity"], a["detector"]).inc()
+
+    def persist(det: Detector, eid: str) -> None:
+        key = eid.encode()
+        blob = det.export_state(eid)
+        state_sizes[key] = len(blob)
+        state[key] = blob
+
     @app.agent(entity_topic)
     async def detect(stream):
         async for event in stream.events():
             key: bytes = event.key
-            offset = event.message.offset
             eid = key.decode()
             det = pipe.detectors.get(eid.split("/", 1)[0])
             if det is None:
                 continue  # a detector removed since the sample was routed
             if eid not in det.entities:
                 stored = state.get(key)
-                if stored is not None:
-                    det.import_state(eid, stored[8:])
-                    if int.from_bytes(stored[:8], "big") >= offset:
-                        continue  # already reflected in the recovered state (replay after a crash)
-            else:
-                stored = state.get(key)
-                if stored is not None and int.from_bytes(stored[:8], "big") >= offset:
-                    continue
-            alerts = []
+                if stored is not None:  # recovered from the changelog after a restart/rebalance
+                    det.import_state(eid, stored)
+            rows = orjson.loads(event.value)
+            src_part, src_off = rows[0][4], rows[0][5]  # one payload = one source message
+            if det.seen(eid, src_part, src_off):
+                continue  # already folded in before a crash: at-least-once input, effectively-once state
             late0 = det.late
-            for metric, labels, ts, value, part, off in orjson.loads(event.value):
+            alerts = []
+            for metric, labels, ts, value, part, off in rows:
                 alerts += det.ingest(metric, labels, ts, value, offset=off, partition=part,
                                      lane=event.message.partition)
+            det.advance_cursor(eid, src_part, src_off)
             if det.late > late0:
                 m.EVENTS.labels(s.topic_metrics, "late").inc(det.late - late0)
-            for a in alerts:
-                await alerts_topic.send(key=a["series"]["id"].encode(), value=orjson.dumps(a))
-                m.ALERTS.labels(a["kind"], a["severity"], a["detector"]).inc()
-            blob = offset.to_bytes(8, "big") + det.export_state(eid)
-            state_sizes[key] = len(blob)
-            state[key] = blob
+            await publish(alerts)
+            persist(det, eid)
+            # housekeeping for this lane (partition), once per window of event time: close the
+            # windows of entities that went quiet (well behind this lane's event time) and forget
+            # entities idle for longer than STREAM_ENTITY_TTL_SECONDS
+            lane = event.message.partition
+            now_evt = det.entities[eid].last_seen
+            ck = (det.spec.name, lane)
+            if now_evt - lane_checked.get(ck, -float("inf")) >= det.spec.window:
+                lane_checked[ck] = now_evt
+                quiet, changed = det.advance_lane(now_evt - 10 * det.spec.window - det.spec.allowed_lateness, lane)
+                await publish(quiet)
+                for other in changed:
+                    if other in det.entities:
+                        persist(det, other)
+                for gone in det.expire(now_evt, s.entity_ttl_seconds, lane):
+                    state.pop(gone.encode(), None)
+                    state_sizes.pop(gone.encode(), None)
 
     from stream.models_worker import register_model_agents
     register_model_agents(app, s, alerts_topic, deadletter_topic)

@@ -54,7 +54,7 @@ def alert_id(*parts: Any) -> str:
 class _Entity:
     __slots__ = ("labels", "lane", "mean", "var", "n_normal", "n_windows", "model", "scores", "expected",
                  "incident", "normal_streak", "cooldown_until", "adwins", "last_end", "gap_flagged", "metrics",
-                 "last_seen")
+                 "last_seen", "cursor")
 
     def __init__(self, labels: dict[str, str], lane: int):
         self.labels = labels
@@ -74,6 +74,7 @@ class _Entity:
         self.gap_flagged = False
         self.metrics: set[str] = set()
         self.last_seen = -math.inf
+        self.cursor: dict[int, int] = {}  # source partition -> highest source offset folded in
 
 
 class Detector:
@@ -121,7 +122,12 @@ class Detector:
     # ----------------------------------------------------------------------- advance
     def advance(self, watermark: float, lane: int = 0) -> list[dict]:
         """Close the lane's windows up to a watermark (entities gone quiet); returns their alerts."""
-        return self._emit(self.windows.close_until(watermark, lane))
+        return self.advance_lane(watermark, lane)[0]
+
+    def advance_lane(self, watermark: float, lane: int = 0) -> tuple[list[dict], set[str]]:
+        """Like :meth:`advance`, also returning the entities whose state changed."""
+        closed = self.windows.close_until(watermark, lane)
+        return self._emit(closed), {w.entity for w in closed}
 
     def _emit(self, windows: list[ClosedWindow]) -> list[dict]:
         alerts: list[dict] = []
@@ -353,6 +359,7 @@ class Detector:
             "last_end": ent.last_end if math.isfinite(ent.last_end) else None,
             "last_seen": ent.last_seen if math.isfinite(ent.last_seen) else None,
             "metrics": sorted(ent.metrics), "windows": self.windows.export_entity(eid),
+            "cursor": {str(k): v for k, v in ent.cursor.items()},
         }
         model = ent.model.to_bytes() if ent.model is not None else b""
         adw = pickle.dumps(ent.adwins, protocol=5) if ent.adwins else b""
@@ -378,6 +385,7 @@ class Detector:
         ent.cooldown_until = body["cooldown_until"] if body["cooldown_until"] is not None else -math.inf
         ent.last_end = body["last_end"] if body["last_end"] is not None else -math.inf
         ent.last_seen = body["last_seen"] if body["last_seen"] is not None else -math.inf
+        ent.cursor = {int(k): v for k, v in body.get("cursor", {}).items()}
         ent.metrics = set(body["metrics"])
         ent.model = model_from_bytes(model) if model else None
         ent.adwins = pickle.loads(adw) if adw else {}
@@ -387,9 +395,20 @@ class Detector:
         self.entities.pop(eid, None)
         self.windows.drop_entity(eid)
 
-    def expire(self, now_event_time: float, ttl: float) -> list[str]:
+    def seen(self, eid: str, partition: int, offset: int) -> bool:
+        """True if the entity already folded in this source message (a replay after a crash)."""
+        ent = self.entities.get(eid)
+        return ent is not None and offset <= ent.cursor.get(partition, -1)
+
+    def advance_cursor(self, eid: str, partition: int, offset: int) -> None:
+        ent = self.entities.get(eid)
+        if ent is not None and offset > ent.cursor.get(partition, -1):
+            ent.cursor[partition] = offset
+
+    def expire(self, now_event_time: float, ttl: float, lane: int | None = None) -> list[str]:
         """Forget entities idle (in event time) for longer than ttl; returns their ids."""
-        gone = [e for e, ent in self.entities.items() if ent.last_seen < now_event_time - ttl]
+        gone = [e for e, ent in self.entities.items()
+                if ent.last_seen < now_event_time - ttl and (lane is None or ent.lane == lane)]
         for e in gone:
             self.drop(e)
         return gone
