@@ -284,3 +284,26 @@ def test_example_spec_loads():
 def test_version_monitor_alone():
     vm = VersionMonitor(DEFAULT_MONITOR, "m", "1")
     assert vm.observe({"x": 1.0}, 0.5, None, T0) == [] and not vm.ready
+
+
+def test_alerts_of_every_kind_match_the_alert_schema():
+    import json
+    from pathlib import Path
+
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(__file__).resolve().parents[2] / "topics" / "schemas" / "alert.schema.json").read_text())
+    v = jsonschema.Draft202012Validator(schema)
+
+    def story(rng, i):
+        f = features(rng, shift_age=15.0 if 2000 <= i < 3500 else 0.0)
+        if 2500 <= i < 3000:
+            f["extra"] = 1
+        return f
+
+    alerts = run(Monitors([MonitorSpec(resolve_after=2)]), 4500, feats=story,
+                 pred=lambda rng, i: int(rng.random() < (0.3 if i < 2000 else 0.8)),
+                 label=lambda rng, i, p: p if rng.random() > (0.1 if i < 2000 else 0.4) else 1 - p)
+    assert {a["kind"] for a in alerts} == {"data_drift", "prediction_drift", "schema_drift", "performance_drift"}
+    assert {a["status"] for a in alerts} == {"firing", "resolved"}
+    for a in alerts:
+        v.validate(a)
