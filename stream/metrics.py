@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from stream import __version__
+from stream.lag import make_gauges
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -22,6 +23,8 @@ STATE_BYTES = Gauge("stream_state_bytes", "Serialized state bytes last written, 
 REBALANCES = Counter("stream_rebalances", "Consumer group rebalances seen by this worker", registry=REGISTRY)
 BUILD = Info("stream_build", "Build information", registry=REGISTRY)
 BUILD.info({"version": __version__})
+# consumer lag of the worker's input partitions (set by stream.lag.LagMonitor in a background thread)
+LAG_MESSAGES, LAG_SECONDS, LAG_UP = make_gauges(REGISTRY)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -27,7 +27,7 @@ from stream import metrics as m
 from stream.detect.engine import Detector
 from stream.detect.spec import load_specs
 from stream.events import decode_metrics, deadletter_record
-from stream.settings import Settings, get_settings
+from stream.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger("stream.worker")
 
@@ -135,6 +135,19 @@ def build_app(settings: Settings | None = None) -> faust.App:
     async def on_rebalance(sender, **kwargs):
         m.REBALANCES.inc()
 
+    @app.task
+    async def consumer_lag() -> None:
+        # stream_consumer_lag_* of this worker's assigned input partitions, polled in a daemon
+        # thread (committed offsets and watermarks from the broker; nothing on the hot path)
+        from stream.lag import LagMonitor, start_in_thread
+
+        def assigned() -> set[tuple[str, int]]:
+            return {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+
+        inputs = {s.topic_metrics, s.topic_inferences, s.topic_feedback, entity_topic.get_topic_name()}
+        start_in_thread(LagMonitor(s, [s.app_id], gauges=(m.LAG_MESSAGES, m.LAG_SECONDS, m.LAG_UP),
+                                   topics=inputs, partitions=assigned), interval=5.0)
+
     processing = m.PROCESSING
     processed = m.EVENTS.labels(s.topic_metrics, "processed")
     deadlettered = m.EVENTS.labels(s.topic_metrics, "deadlettered")
@@ -223,8 +236,27 @@ def build_app(settings: Settings | None = None) -> faust.App:
     return app
 
 
+class WebPortInUse(SettingsError):
+    """STREAM_WEB_PORT is taken (a SettingsError: `stream` prints it and exits 2)."""
+
+
+def _check_web_port(s: Settings) -> None:
+    """Fail at start, naming the port and its setting, when the web server could not bind."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in s.web_bind else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does: TIME_WAIT is no conflict
+        try:
+            sock.bind((s.web_bind, s.web_port))
+        except OSError as exc:
+            raise WebPortInUse(f"cannot listen on {s.web_bind}:{s.web_port} for /metrics, /health, /ready: "
+                               f"{exc.strerror} (set STREAM_WEB_PORT or `stream worker --web-port` to a free "
+                               f"port; STREAM_WEB_BIND for the address)") from None
+
+
 def run_worker(settings: Settings | None = None, loglevel: str | None = None) -> int:
     s = settings or get_settings()
+    _check_web_port(s)
     from stream.topics import apply_topics
 
     # The internal topic must exist before the agents subscribe (a missing topic is ignored for good).
