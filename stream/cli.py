@@ -25,6 +25,8 @@ COMMANDS = [
     "drift",
     "demo",
     "doctor",
+    "lag-exporter",
+    "alertmanager-bridge",
 ]
 
 
@@ -44,10 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        modname = f"stream.commands.{name.replace('-', '_')}"  # lag-exporter -> lag_exporter
         try:
-            module = importlib.import_module(f"stream.commands.{name}")
+            module = importlib.import_module(modname)
         except ModuleNotFoundError as exc:  # a command not built yet must not break the rest
-            if exc.name != f"stream.commands.{name}":
+            if exc.name != modname:
                 raise
             continue
         module.register(sub)
