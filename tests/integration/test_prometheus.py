@@ -1,0 +1,112 @@
+"""Consumer lag through a real Prometheus (Debian's package), scraping a worker and `stream lag-exporter`.
+
+The worker is paused (SIGSTOP) while thousands of messages are produced: its own /metrics cannot be
+scraped then (up == 0), but the lag exporter keeps reporting the group's lag. After SIGCONT the
+worker catches up and both report 0 again. The shipped rules are loaded and checked with promtool.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.promtools import Prometheus, free_port, need
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "rules" / "stream.yml"
+
+
+def test_promtool_checks_and_unit_tests_the_rules():
+    promtool = need("promtool", "prometheus")
+    res = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = subprocess.run([promtool, "test", "rules", "stream_test.yml"], cwd=RULES.parent, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def _wait(what: str, fn, timeout: float, every: float = 0.5, log=lambda: ""):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})\n{log()}")
+
+
+def _ready(port: str) -> bool:
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.kafka
+def test_lag_rises_while_the_worker_is_paused_and_returns_to_zero(stream_env, tmp_path):
+    env = stream_env
+    topic = env.env["STREAM_TOPIC_METRICS"]
+    group = env.env["STREAM_APP_ID"]
+    worker = env.start_worker()
+    web = env.env["STREAM_WEB_PORT"]
+    _wait("the worker to be ready", lambda: _ready(web), 90, log=lambda: env.worker_log()[-3000:])
+
+    exp_port = free_port()
+    exp_log = open(tmp_path / "lag-exporter.log", "wb")
+    exporter = subprocess.Popen([sys.executable, "-m", "stream.cli", "lag-exporter", "--group", group,
+                                 "--port", str(exp_port), "--interval", "1"],
+                                env=env.env, stdout=exp_log, stderr=subprocess.STDOUT, cwd=ROOT)
+    env.procs.append(exporter)
+    prom = Prometheus(tmp_path)
+    try:
+        prom.start({"stream-worker": [f"127.0.0.1:{web}"], "stream-lag-exporter": [f"127.0.0.1:{exp_port}"]},
+                   rule_files=[str(RULES)])
+        sel = f'{{topic="{topic}"}}'
+        _wait("both targets up", lambda: prom.value('sum(up{job=~"stream-.*"})') == 2, 30,
+              log=lambda: (tmp_path / "lag-exporter.log").read_text())
+        # the worker reports its assigned input partitions; all four metrics partitions, lag 0
+        _wait("the worker's lag series", lambda: prom.value(f'count(stream_consumer_lag_messages{{job="stream-worker",'
+                                                              f'topic="{topic}"}})') == 4, 30)
+        assert prom.value(f"sum(stream_consumer_lag_messages{sel})") == 0
+
+        data = b"".join(orjson.dumps({"metric": "lag_probe", "labels": {"host": f"h{i % 16}"}, "value": float(i % 7),
+                                      "ts": 1_700_000_000.0 + i}) + b"\n" for i in range(5000))
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            env.cli("produce", "--topic", topic, "-", "--no-progress", input=data)
+            up_worker = 'up{job="stream-worker"}'
+            _wait("up == 0 for the paused worker", lambda: prom.value(up_worker) == 0, 20)
+            lag = _wait("lag > 0 while paused",
+                        lambda: (prom.value(f'sum(stream_consumer_lag_messages{{job="stream-lag-exporter",'
+                                            f'topic="{topic}"}})') or 0) > 0 and
+                        prom.value(f'sum(stream_consumer_lag_messages{{job="stream-lag-exporter",topic="{topic}"}})'),
+                        30)
+            assert lag == 5000, lag  # nothing of it consumed by the paused worker
+            # lag seconds: the oldest waiting record ages while the worker is paused
+            t1 = _wait("lag seconds > 0", lambda: prom.value(f"max(stream_consumer_lag_seconds{sel})") or 0, 20)
+            time.sleep(2.5)
+            t2 = prom.value(f"max(stream_consumer_lag_seconds{sel})")
+            assert t2 > t1, (t1, t2)
+            # the recording rule (max per partition, then sum) and the worker-down rule see it too
+            assert prom.value(f'group_topic:stream_consumer_lag_messages:sum{{group="{group}",topic="{topic}"}}') == 5000
+            _wait("StreamWorkerDown pending", lambda: prom.query('ALERTS{alertname="StreamWorkerDown"}'), 10)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        # caught up: both the exporter's and the worker's series go back to 0
+        _wait("the worker scraped again", lambda: prom.value(up_worker) == 1, 30)
+        _wait("lag back to 0 on both jobs",
+              lambda: [r["value"][1] for r in prom.query(f"sum by (job) (stream_consumer_lag_messages{sel})")]
+              == ["0", "0"], 90, log=lambda: env.worker_log()[-2000:])
+        _wait("lag seconds back to 0", lambda: prom.value(f"max(stream_consumer_lag_seconds{sel})") == 0, 30)
+        assert prom.value(f'sum(stream_events_total{{job="stream-worker",topic="{topic}",outcome="processed"}})') == 5000
+        assert worker.poll() is None and exporter.poll() is None
+    finally:
+        prom.stop()
