@@ -21,10 +21,11 @@ change emits ``data_drift`` and re-warms the entity instead of alerting on the n
 from __future__ import annotations
 
 import functools
+from array import array
 import hashlib
 import math
+import sys
 import time
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -52,11 +53,12 @@ def alert_id(*parts: Any) -> str:
 
 
 class _Entity:
-    __slots__ = ("labels", "lane", "mean", "var", "n_normal", "n_windows", "model", "scores", "expected",
+    __slots__ = ("id", "labels", "lane", "mean", "var", "n_normal", "n_windows", "model", "scores", "expected",
                  "incident", "normal_streak", "cooldown_until", "adwins", "last_end", "gap_flagged", "metrics",
                  "last_seen", "cursor")
 
-    def __init__(self, labels: dict[str, str], lane: int):
+    def __init__(self, eid: str, labels: dict[str, str], lane: int):
+        self.id = eid
         self.labels = labels
         self.lane = lane
         self.mean: dict[str, float] = {}
@@ -64,7 +66,7 @@ class _Entity:
         self.n_normal = 0
         self.n_windows = 0
         self.model = None
-        self.scores: deque[float] = deque()
+        self.scores = array("d")  # recent scores (8 bytes each, not a deque of float objects)
         self.expected: dict[str, float] = {}
         self.incident: dict | None = None
         self.normal_streak = 0
@@ -109,7 +111,10 @@ class Detector:
         eid, elabels = hit
         ent = self.entities.get(eid)
         if ent is None:
-            ent = self.entities[eid] = _Entity(elabels, lane)
+            eid = sys.intern(eid)  # one string object per entity in every index that holds it
+            ent = self.entities[eid] = _Entity(eid, elabels, lane)
+        else:
+            eid = ent.id
         ent.metrics.add(metric)
         if ts > ent.last_seen:
             ent.last_seen = ts
@@ -225,7 +230,7 @@ class Detector:
         if warm:
             scores.append(score)
             if len(scores) > thr.history:
-                scores.popleft()
+                del scores[0]
         # learn only normal windows: nothing of an open incident (not even its lower-ranked
         # windows) may leak into the baseline, or the incident would soon look normal
         if not anomalous and (ent.incident is None or ent.normal_streak > 0 or not warm):
@@ -282,7 +287,7 @@ class Detector:
         a["threshold"] = {"adwin_delta": self.spec.drift_delta, "min_effect": self.spec.drift_min_effect}
         # the new normal: re-warm the model and the baseline instead of alerting on it for ever
         ent.model = make_model(self.spec.model)
-        ent.mean.clear(); ent.var.clear(); ent.n_normal = 0; ent.scores.clear()
+        ent.mean.clear(); ent.var.clear(); ent.n_normal = 0; del ent.scores[:]
         ent.adwins.clear()
         return a
 
@@ -377,10 +382,11 @@ class Detector:
         model = data[9 + n:9 + n + m]
         adw = data[9 + n + m:]
         self.drop(eid)
-        ent = self.entities[eid] = _Entity(body["labels"], body["lane"])
+        eid = sys.intern(eid)
+        ent = self.entities[eid] = _Entity(eid, body["labels"], body["lane"])
         ent.mean, ent.var = body["mean"], body["var"]
         ent.n_normal, ent.n_windows = body["n_normal"], body["n_windows"]
-        ent.scores = deque(body["scores"])
+        ent.scores = array("d", body["scores"])
         ent.expected, ent.incident, ent.normal_streak = body["expected"], body["incident"], body["normal_streak"]
         ent.cooldown_until = body["cooldown_until"] if body["cooldown_until"] is not None else -math.inf
         ent.last_end = body["last_end"] if body["last_end"] is not None else -math.inf
