@@ -28,8 +28,9 @@ def _key_of(line: bytes) -> bytes | None:
 
     try:
         obj = orjson.loads(line)
-        if isinstance(obj, dict) and isinstance(obj.get("samples"), list) and obj["samples"]:
-            obj = obj["samples"][0]
+        for batch_field in ("samples", "inferences"):  # a batch is keyed by its first item
+            if isinstance(obj, dict) and isinstance(obj.get(batch_field), list) and obj[batch_field]:
+                obj = obj[batch_field][0]
         if isinstance(obj, dict):
             if isinstance(obj.get("metric"), str):
                 labels = obj.get("labels") if isinstance(obj.get("labels"), dict) else {}

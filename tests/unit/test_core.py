@@ -183,3 +183,12 @@ def test_readme_documents_every_setting():
 def test_example_spec_loads():
     (spec,) = load_specs(ROOT / "specs")
     assert spec.name == "db-pool" and spec.group_by == ("db_host",) and spec.allowed_lateness == 30
+
+
+def test_produce_keys_metric_and_inference_batches_by_their_first_item():
+    from stream.commands.produce import _key_of
+
+    assert _key_of(b'{"samples":[{"metric":"up","labels":{"b":"2","a":"1"},"value":1,"ts":1}]}') == b"up{a=1,b=2}"
+    assert _key_of(b'{"inferences":[{"model":"churn","version":"1"}]}') == b"churn"
+    assert _key_of(b'{"model":"churn"}') == b"churn"
+    assert _key_of(b"not json") is None
