@@ -41,6 +41,9 @@ from prometheus_client import CollectorRegistry, Gauge
 from stream.settings import Settings
 
 log = logging.getLogger("stream.lag")
+# librdkafka's own connection errors would repeat every few ms; LagError names the address instead
+_rdkafka_log = logging.getLogger("stream.lag.librdkafka")
+_rdkafka_log.setLevel(logging.CRITICAL)
 
 LAG_MESSAGES = "stream_consumer_lag_messages"
 LAG_SECONDS = "stream_consumer_lag_seconds"
@@ -104,7 +107,8 @@ class LagMonitor:
         if self._admin is None:
             from confluent_kafka.admin import AdminClient
 
-            self._admin = AdminClient({**self.settings.kafka_client_config(), "socket.timeout.ms": 10000})
+            self._admin = AdminClient({**self.settings.kafka_client_config(), "socket.timeout.ms": 10000},
+                                      logger=_rdkafka_log)
         return self._admin
 
     def _fetch_consumer(self):
@@ -115,7 +119,8 @@ class LagMonitor:
             self._consumer = Consumer({**self.settings.kafka_client_config(),
                                        "group.id": f"stream-lag-probe-{uuid.uuid4().hex[:8]}",
                                        "enable.auto.commit": False, "enable.partition.eof": False,
-                                       "fetch.max.bytes": 1_048_576, "max.partition.fetch.bytes": 262_144})
+                                       "fetch.max.bytes": 1_048_576, "max.partition.fetch.bytes": 262_144},
+                                      logger=_rdkafka_log)
         return self._consumer
 
     def close(self) -> None:

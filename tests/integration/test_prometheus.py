@@ -110,3 +110,49 @@ def test_lag_rises_while_the_worker_is_paused_and_returns_to_zero(stream_env, tm
         assert worker.poll() is None and exporter.poll() is None
     finally:
         prom.stop()
+
+
+def test_lag_monitor_names_an_unreachable_broker_and_reports_up_0():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stream.lag import LagError, LagMonitor, make_gauges
+    from stream.settings import Settings
+
+    reg = CollectorRegistry()
+    port = free_port()
+    mon = LagMonitor(Settings.load({"STREAM_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}), ["g1"],
+                     gauges=make_gauges(reg), timeout=1.0)
+    with pytest.raises(LagError) as exc:
+        mon.poll()
+    assert f"127.0.0.1:{port}" in str(exc.value) and "STREAM_BOOTSTRAP_SERVERS" in str(exc.value)
+    assert 'stream_consumer_lag_up{group="g1"} 0.0' in generate_latest(reg).decode()
+
+
+def test_lag_exporter_names_a_port_in_use():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "stream.cli", "lag-exporter", "--group", "g", "--port", str(port)],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT,
+                             env={**os.environ, "STREAM_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert res.returncode == 2
+    assert f"127.0.0.1:{port}" in res.stderr and "--port" in res.stderr
+
+
+def test_worker_names_a_web_port_in_use():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = subprocess.run([sys.executable, "-m", "stream.cli", "worker"], capture_output=True, text=True,
+                             timeout=60, cwd=ROOT, env={**{k: v for k, v in os.environ.items()
+                                                           if not k.startswith("STREAM_")},
+                                                        "STREAM_WEB_PORT": str(port),
+                                                        "STREAM_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert res.returncode == 2, res.stderr
+    assert f"127.0.0.1:{port}" in res.stderr and "STREAM_WEB_PORT" in res.stderr
