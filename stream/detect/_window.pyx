@@ -53,6 +53,8 @@ cdef class WindowAccumulators:
     cdef public int used
 
     def __init__(self, int buffer_size=32, int capacity=256):
+        if not 1 <= buffer_size <= 256:
+            raise ValueError("buffer_size must be between 1 and 256")
         self.buffer_size = buffer_size
         self.acc = np.zeros((capacity, NCOL), dtype=np.float64)
         self.buf = np.zeros((capacity, buffer_size), dtype=np.float64)
@@ -97,12 +99,19 @@ cdef class WindowAccumulators:
         """(count, mean, std, min, max, median, iqr, delta, slope, first_ts, last_ts, first_offset, last_offset, partition)."""
         cdef double[:, ::1] a = self.acc
         cdef double n = a[slot, C_N]
-        cdef int k
+        cdef int k, i
         if n == 0:
             return (0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, -1, -1, -1)
+        cdef double tmp[256]
+        cdef double q1, med, q3
         k = <int>min(n, self.buffer_size)
-        vals = np.sort(self.buf[slot, :k])
-        q1, med, q3 = np.quantile(vals, (0.25, 0.5, 0.75))
+        k = min(k, 256)
+        for i in range(k):
+            tmp[i] = self.buf[slot, i]
+        _insertion_sort(tmp, k)
+        q1 = _quantile_sorted(tmp, k, 0.25)
+        med = _quantile_sorted(tmp, k, 0.5)
+        q3 = _quantile_sorted(tmp, k, 0.75)
         std = sqrt(a[slot, C_M2] / n)
         slope = a[slot, C_C_TV] / a[slot, C_M2_T] if a[slot, C_M2_T] > 0 else 0.0
         return (int(n), a[slot, C_MEAN], std, a[slot, C_MIN], a[slot, C_MAX], float(med), float(q3 - q1),
@@ -118,6 +127,34 @@ cdef class WindowAccumulators:
         self.acc[slot, :] = state[:NCOL]
         k = state.shape[0] - NCOL
         self.buf[slot, :k] = state[NCOL:]
+
+
+cdef inline void _insertion_sort(double* x, int n) noexcept nogil:
+    # the buffer holds at most a few dozen values: insertion sort beats any call into numpy
+    cdef int i, j
+    cdef double v
+    for i in range(1, n):
+        v = x[i]
+        j = i - 1
+        while j >= 0 and x[j] > v:
+            x[j + 1] = x[j]
+            j -= 1
+        x[j + 1] = v
+
+
+cdef inline double _quantile_sorted(double* x, int n, double q) noexcept nogil:
+    # numpy's default ('linear') method, including its lerp formula
+    cdef double h = (n - 1) * q
+    cdef int lo = <int>h
+    cdef double t = h - lo
+    cdef double a, b
+    if lo >= n - 1:
+        return x[n - 1]
+    a = x[lo]
+    b = x[lo + 1]
+    if t >= 0.5:
+        return b - (b - a) * (1.0 - t)
+    return a + (b - a) * t
 
 
 cdef inline void _add(double[:, ::1] a, double[:, ::1] b, int bsize, long s, double t, double v,
