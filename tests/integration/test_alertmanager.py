@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from stream.alertmanager import AlertmanagerClient, Rejected, to_alertmanager
-from tests.promtools import Alertmanager
+from tests.promtools import Alertmanager, need
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,3 +147,11 @@ def test_alertmanager_down_at_first_then_delivered_and_committed(stream_env, tmp
         assert committed
     finally:
         am.stop()
+
+
+def test_shipped_alertmanager_config_is_valid():
+    need("prometheus-alertmanager", "prometheus-alertmanager")
+    amtool = need("amtool", "prometheus-alertmanager")
+    res = subprocess.run([amtool, "check-config", str(ROOT / "deploy" / "alertmanager.yml")], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr

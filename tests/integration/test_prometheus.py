@@ -30,6 +30,10 @@ def test_promtool_checks_and_unit_tests_the_rules():
     res = subprocess.run([promtool, "test", "rules", "stream_test.yml"], cwd=RULES.parent, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
+    # the compose stack's config (its rule path exists only inside the container: syntax only)
+    res = subprocess.run([promtool, "check", "config", "--syntax-only", str(ROOT / "deploy" / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
 
 
 def _wait(what: str, fn, timeout: float, every: float = 0.5, log=lambda: ""):
