@@ -94,7 +94,9 @@ def evaluate_file(path: str, spec, warmup_rows: int, nab_window: float) -> tuple
     return res, cols
 
 
-def plot_file(path: str, out_png: str, cols: dict, metrics: list[str], warmup_rows: int) -> None:
+def plot_file(path: str, out_png: str, cols: dict, metrics: list[str], warmup_rows: int,
+              watched: tuple[str, ...] = ()) -> None:
+    """Series (up to 4 of the metrics the spec watches, min-max scaled), score, alerts and labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,12 +107,14 @@ def plot_file(path: str, out_png: str, cols: dict, metrics: list[str], warmup_ro
     t = t - t[0]
     vals = np.asarray(cols["values"], dtype=float)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(13, 6), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
-    for j, name in enumerate(metrics[:5]):
+    shown = [j for j, name in enumerate(metrics) if not watched or name in watched][:4]
+    for j in shown:
+        name = metrics[j]
         v = vals[:, j]
         lo, hi = np.nanmin(v), np.nanmax(v)
         ax1.plot(t, (v - lo) / (hi - lo) if hi > lo else v * 0, lw=0.7, label=name)
     ax1.set_ylabel("features (min-max scaled)")
-    ax1.legend(loc="upper left", fontsize=7, ncol=5)
+    ax1.legend(loc="upper left", fontsize=7, ncol=4)
     score = np.asarray(cols["score"], dtype=float)
     ax2.plot(t, score, lw=0.7, color="tab:blue", label="anomaly_score")
     alert = np.asarray(cols["alert"], dtype=bool)
@@ -175,7 +179,7 @@ def run(args) -> int:
             if args.plots:
                 name = "_".join(Path(f).with_suffix("").parts[-2:]) + ".png"
                 png = os.path.join(args.plots, name)
-                plot_file(f, png, cols, res["metrics"], args.warmup_rows)
+                plot_file(f, png, cols, res["metrics"], args.warmup_rows, spec.metrics)
                 res["plot"] = png
             results.append(res)
             bar.update()

@@ -28,8 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("input", metavar="INPUT.csv", help="input CSV with a header row")
     p.add_argument("--output", "-o", required=True, metavar="OUT.csv", help="output CSV ('-' = standard output)")
     p.add_argument("--spec", metavar="FILE",
-                   help="detector spec YAML (default: the built-in offline spec: worker defaults, one row per "
-                   "window, features [mean]); e.g. specs/offline/skab.yaml")
+                   help="detector spec YAML (default: the built-in offline spec: one row per window, features "
+                   "[mean], the worker's model with a decision tuned for one-row windows); "
+                   "e.g. specs/offline/skab.yaml")
     p.add_argument("--timestamp-col", metavar="C", help="timestamp column (default: the first column)")
     p.add_argument("--value-cols", metavar="A,B", help="comma-separated metric columns (default: every other numeric column)")
     p.add_argument("--sep", metavar="SEP", help="field separator (default: detected from the header: ; , tab |)")
