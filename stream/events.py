@@ -17,8 +17,9 @@ from typing import Any
 
 import orjson
 
-_METRIC_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:.]*$")
-_LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# used with fullmatch: with match, '$' also matches before a trailing newline ("up\n" passed)
+_METRIC_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:.]*")
+_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _SAMPLE_KEYS = frozenset(("metric", "labels", "value", "ts"))
 MAX_LABELS = 32
 
@@ -65,29 +66,52 @@ def _check_sample(obj: Any) -> Sample | tuple[str, str]:
         if key not in obj:
             return "missing_field", f"missing field '{key}'"
     metric = obj["metric"]
-    if not isinstance(metric, str) or not metric or len(metric) > 200 or not _METRIC_RE.match(metric):
+    if not isinstance(metric, str) or not metric or len(metric) > 200 or not _METRIC_RE.fullmatch(metric):
         return "bad_metric", f"'metric' must be a Prometheus metric name, got {metric!r:.80}"
     value = obj["value"]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "non_numeric", f"'value' must be a number, got {type(value).__name__}"
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond the float64 range (the slow JSON path keeps big ints)
+        return "non_finite", "'value' must be finite, got an integer beyond the 64-bit float range"
     if not math.isfinite(value):
         return "non_finite", f"'value' must be finite, got {value}"
     ts = obj["ts"]
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
         return "bad_timestamp", f"'ts' must be seconds since the epoch, got {type(ts).__name__}"
-    ts = float(ts)
+    try:
+        ts = float(ts)
+    except OverflowError:
+        return "bad_timestamp", "'ts' must be a finite non-negative number, got an integer beyond the 64-bit float range"
     if not math.isfinite(ts) or ts < 0:
         return "bad_timestamp", f"'ts' must be a finite non-negative number, got {ts}"
-    labels = obj.get("labels") or {}
-    if not isinstance(labels, dict):
+    labels = obj.get("labels", {})
+    if not isinstance(labels, dict):  # null, [], "" and 0 too: the schema says an object
         return "bad_labels", f"'labels' must be an object of strings, got {type(labels).__name__}"
     if len(labels) > MAX_LABELS:
         return "bad_labels", f"at most {MAX_LABELS} labels, got {len(labels)}"
     for k, v in labels.items():
-        if not isinstance(v, str) or len(v) > 500 or len(k) > 100 or not _LABEL_RE.match(k):
+        if not isinstance(v, str) or len(v) > 500 or len(k) > 100 or not _LABEL_RE.fullmatch(k):
             return "bad_labels", f"label {k!r:.60} must be a name with a string value"
+        if not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate escape ("\\ud800"): not text, cannot be sent on
+                return "bad_labels", f"label {k!r:.60} has a value that is not valid Unicode text"
     return Sample(metric, labels, value, ts, series_id(metric, labels))
+
+
+def _encode_item(item: Any) -> bytes:
+    """The JSON of one bad sample of a batch, faithful to what was sent.
+
+    orjson would write NaN/Infinity as null and refuses integers beyond 64 bits and lone
+    surrogates, all of which the slow JSON path lets through; the standard library keeps them.
+    """
+    try:
+        return json.dumps(item, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: keep them as \\uXXXX escapes
+        return json.dumps(item, ensure_ascii=True, allow_nan=True, separators=(",", ":")).encode("ascii")
 
 
 def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tuple[list[Sample], list[Rejection]]:
@@ -111,11 +135,16 @@ def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tupl
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        try:  # slow path, bad input only: JSON with NaN / Infinity literals gets a precise reason
-            obj = json.loads(raw)
+        # slow path, bad input only: JSON with NaN / Infinity literals gets a precise reason.
+        # Decode strictly first: json.loads(bytes) would let UTF-8-encoded surrogates through.
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as uexc:
+            return [], [Rejection("invalid_utf8", f"not valid UTF-8: {uexc}", raw)]
+        try:
+            obj = json.loads(text)
         except Exception:  # noqa: BLE001
-            reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "not_json"
-            return [], [Rejection(reason, f"not valid JSON: {exc}", raw)]
+            return [], [Rejection("not_json", f"not valid JSON: {exc}", raw)]
     if isinstance(obj, dict) and "samples" in obj:
         batch = obj["samples"]
         if len(obj) != 1:
@@ -131,7 +160,7 @@ def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tupl
             if isinstance(res, Sample):
                 good.append(res)
             else:
-                bad.append(Rejection(res[0], f"samples[{i}]: {res[1]}", orjson.dumps(item), i))
+                bad.append(Rejection(res[0], f"samples[{i}]: {res[1]}", _encode_item(item), i))
         return good, bad
     res = _check_sample(obj)
     if isinstance(res, Sample):
@@ -143,7 +172,8 @@ def deadletter_record(rej: Rejection, *, topic: str, partition: int, offset: int
     """The dead-letter event for a rejection (schema: topics/schemas/deadletter.schema.json)."""
     return {
         "reason": rej.reason,
-        "error": rej.error,
+        # the detail may quote input text, lone surrogates included: keep it encodable as UTF-8
+        "error": rej.error.encode("utf-8", "backslashreplace").decode("utf-8"),
         "original_b64": base64.b64encode(rej.original).decode("ascii"),
         "batch_index": rej.batch_index,
         "source": {
