@@ -120,10 +120,58 @@ class Listener:
     port: int
     security_protocol: str = ""    # defaults to the name
     properties: Mapping[str, str] = field(default_factory=dict)
+    # extra arguments of ``kafka-storage format`` (e.g. ``--add-scram ...``); used only when the
+    # data dir is formatted, i.e. at the first start of a state dir
+    format_args: tuple[str, ...] = ()
 
     @property
     def protocol(self) -> str:
         return self.security_protocol or self.name
+
+
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _jaas_quote(value: str) -> str:
+    if any(c in value for c in '"\\\n;'):
+        raise LauncherError(f"SASL user names and passwords may not contain quotes, backslashes, ';' or newlines: {value!r}")
+    return f'"{value}"'
+
+
+def sasl_listener(port: int, users: Mapping[str, str], mechanisms: Sequence[str] = ("PLAIN",),
+                  name: str = "SASL_PLAINTEXT") -> Listener:
+    """An extra SASL_PLAINTEXT listener accepting ``users`` (name -> password) with ``mechanisms``.
+
+    PLAIN users live in the listener's JAAS config; SCRAM users are created in the metadata log
+    when the data dir is formatted (``kafka-storage format --add-scram``), so they exist only for
+    a state dir first started with this listener. Inter-broker and controller traffic stay on the
+    PLAINTEXT listeners.
+    """
+    mechs = [m.upper() for m in mechanisms]
+    bad = [m for m in mechs if m not in SASL_MECHANISMS]
+    if bad or not mechs:
+        raise LauncherError(f"SASL mechanisms must be among {', '.join(SASL_MECHANISMS)}, got {mechanisms!r}")
+    if not users:
+        raise LauncherError("a SASL listener needs at least one user")
+    lname = name.lower()
+    props = {f"listener.name.{lname}.sasl.enabled.mechanisms": ",".join(mechs),
+             "sasl.enabled.mechanisms": ",".join(mechs)}
+    fmt: list[str] = []
+    if "PLAIN" in mechs:
+        first = next(iter(users))
+        props[f"listener.name.{lname}.plain.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f"username={_jaas_quote(first)} password={_jaas_quote(users[first])} "
+            + " ".join(f"user_{u}={_jaas_quote(pw)}" for u, pw in users.items()) + ";"
+        )
+    for m in mechs:
+        if m.startswith("SCRAM"):
+            props[f"listener.name.{lname}.{m.lower()}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+            for u, pw in users.items():
+                fmt += ["--add-scram", f"{m}=[name={_jaas_quote(u)},password={_jaas_quote(pw)}]"]
+    return Listener(name=name, port=port, security_protocol="SASL_PLAINTEXT", properties=props,
+                    format_args=tuple(fmt))
 
 
 @dataclass(frozen=True)
@@ -500,8 +548,11 @@ def _log4j_flags() -> list[str]:
     return [f"-Dlog4j2.configurationFile={LOG4J2_FILE}"]
 
 
-def _format_storage(java: str, jars: Path, paths: BrokerPaths) -> None:
-    """Format the data dir once; the cluster id is kept in cluster.id."""
+def _format_storage(java: str, jars: Path, paths: BrokerPaths, extra_args: Sequence[str] = ()) -> None:
+    """Format the data dir once; the cluster id is kept in cluster.id.
+
+    ``extra_args`` (e.g. ``--add-scram``) count only for this first format.
+    """
     if (paths.data_dir / "meta.properties").is_file():
         return
     if paths.cluster_id_file.is_file():
@@ -511,7 +562,7 @@ def _format_storage(java: str, jars: Path, paths: BrokerPaths) -> None:
         paths.cluster_id_file.write_text(cluster_id + "\n")
     cmd = [java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", _classpath(jars),
            *_log4j_flags(), "kafka.tools.StorageTool", "format",
-           "-t", cluster_id, "-c", str(paths.properties_file), "--ignore-formatted"]
+           "-t", cluster_id, "-c", str(paths.properties_file), "--ignore-formatted", *extra_args]
     proc = subprocess.run(cmd, cwd=paths.root, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=120)
     if proc.returncode != 0:
@@ -635,7 +686,7 @@ def up(
         props = broker_properties(settings, paths, extra)
         paths.data_dir.mkdir(parents=True, exist_ok=True)
         paths.properties_file.write_text(render_properties(props))
-        _format_storage(java, jars, paths)
+        _format_storage(java, jars, paths, [a for lst in extra for a in lst.format_args])
 
         if paths.log_file.exists():
             paths.log_file.replace(paths.log_file.with_name(paths.log_file.name + ".1"))
