@@ -31,6 +31,20 @@ _RESERVED = {"alertname", "detector", "severity", "series", "incident"}
 _BAD = re.compile(r"[^a-zA-Z0-9_]")
 
 
+def bridge_metrics(registry) -> dict[str, Any]:
+    """The bridge's counters (served with ``--metrics-port``)."""
+    from prometheus_client import Counter
+
+    return {
+        "delivered": Counter("stream_alertmanager_bridge_alerts_delivered", "Alerts accepted by Alertmanager",
+                             registry=registry),
+        "failures": Counter("stream_alertmanager_bridge_delivery_failures",
+                            "Failed delivery attempts (Alertmanager unreachable or 5xx; retried)", registry=registry),
+        "rejected": Counter("stream_alertmanager_bridge_alerts_rejected",
+                            "Alerts Alertmanager rejected as invalid (4xx; skipped)", registry=registry),
+    }
+
+
 class Rejected(Exception):
     """Alertmanager answered 4xx: the alert itself is invalid, retrying cannot help."""
 
@@ -108,12 +122,17 @@ class AlertmanagerClient:
 
     def __init__(self, url: str, *, timeout: float = 10.0, backoff: float = 0.5, max_backoff: float = 30.0,
                  log: Callable[[str], None] = print, stop: Callable[[], bool] = lambda: False,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = time.sleep, metrics: dict[str, Any] | None = None):
         self.url = url.rstrip("/")
         self.timeout, self.backoff, self.max_backoff = timeout, backoff, max_backoff
         self.log, self.stop, self.sleep = log, stop, sleep
         self.delivered = 0
         self.retries = 0
+        self.metrics = metrics or {}
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if name in self.metrics:
+            self.metrics[name].inc(n)
 
     def post(self, alerts: list[dict]) -> None:
         """One attempt. Raises OSError (unreachable / 5xx) or Rejected (4xx)."""
@@ -143,12 +162,14 @@ class AlertmanagerClient:
                 if failing:
                     self.log(f"Alertmanager at {self.url} reachable again; delivered {len(alerts)} alert(s)")
                 self.delivered += len(alerts)
+                self._count("delivered", len(alerts))
                 return True
             except Rejected as exc:
                 if len(alerts) > 1:
                     return all(self.deliver([one]) for one in alerts)
                 self.log(f"Alertmanager at {self.url} rejected alert "
                          f"{alerts[0].get('annotations', {}).get('alert_id', '?')}: {exc}; skipped")
+                self._count("rejected")
                 return True
             except OSError as exc:  # URLError, connection refused, timeouts, 5xx
                 reason = getattr(exc, "reason", exc)
@@ -157,6 +178,7 @@ class AlertmanagerClient:
                              f"and reachable?): {reason}; retrying with backoff up to {self.max_backoff:g} s")
                 failing = True
                 self.retries += 1
+                self._count("failures")
             if self.stop():
                 return False
             self.sleep(delay)

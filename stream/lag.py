@@ -119,7 +119,7 @@ class LagMonitor:
             self._consumer = Consumer({**self.settings.kafka_client_config(),
                                        "group.id": f"stream-lag-probe-{uuid.uuid4().hex[:8]}",
                                        "enable.auto.commit": False, "enable.partition.eof": False,
-                                       "fetch.max.bytes": 1_048_576, "max.partition.fetch.bytes": 262_144},
+                                       "fetch.max.bytes": 524_288, "max.partition.fetch.bytes": 65_536},
                                       logger=_rdkafka_log)
         return self._consumer
 

@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--batch", type=int, default=100, metavar="N", help="alerts per POST at most (default 100)")
     p.add_argument("--max-backoff", type=float, default=30.0, metavar="S",
                    help="longest wait between retries while Alertmanager is unreachable (default 30)")
+    p.add_argument("--metrics-port", type=int, metavar="P",
+                   help="serve the bridge's counters (delivered, failures, rejected) at http://BIND:P/metrics")
+    p.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDR", help="address for --metrics-port")
     p.set_defaults(func=run)
 
 
@@ -52,8 +55,22 @@ def run(args) -> int:
     quiet.setLevel(logging.CRITICAL)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    metrics = None
+    if args.metrics_port is not None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from stream.alertmanager import bridge_metrics
+
+        registry = CollectorRegistry(auto_describe=True)
+        metrics = bridge_metrics(registry)
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_bind, registry=registry)
+        except OSError as exc:
+            _say(f"cannot listen on {args.metrics_bind}:{args.metrics_port}: {exc.strerror} "
+                 "(choose another --metrics-port, or --metrics-bind)")
+            return 2
     am = AlertmanagerClient(args.alertmanager_url, max_backoff=args.max_backoff, log=_say, stop=stop.is_set,
-                            sleep=stop.wait)
+                            sleep=stop.wait, metrics=metrics)
     c = Consumer({**s.kafka_client_config(), "group.id": group, "enable.auto.commit": False,
                   "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
                   # a long Alertmanager outage keeps us retrying without polling: stay in the group

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from stream.alertmanager import AlertmanagerClient, Rejected, to_alertmanager
-from tests.promtools import Alertmanager, need
+from tests.promtools import Alertmanager, free_port, need
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,9 +77,9 @@ def _produce(bootstrap: str, topic: str, alerts: list[dict]) -> None:
     assert p.flush(30) == 0
 
 
-def _bridge(env, url: str, tmp: Path) -> subprocess.Popen:
+def _bridge(env, url: str, tmp: Path, *extra: str) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-m", "stream.cli", "alertmanager-bridge", "--alertmanager-url", url,
-                          "--max-backoff", "1"], env=env.env, stdout=open(tmp / "bridge.log", "wb"),
+                          "--max-backoff", "1", *extra], env=env.env, stdout=open(tmp / "bridge.log", "wb"),
                          stderr=subprocess.STDOUT, cwd=ROOT)
     env.procs.append(p)
     return p
@@ -122,7 +122,8 @@ def test_firing_alert_appears_and_resolved_alert_ends_it(stream_env, tmp_path):
 def test_alertmanager_down_at_first_then_delivered_and_committed(stream_env, tmp_path):
     env = stream_env
     am = Alertmanager(tmp_path)  # port chosen, not started yet
-    bridge = _bridge(env, am.url, tmp_path)
+    mport = free_port()
+    bridge = _bridge(env, am.url, tmp_path, "--metrics-port", str(mport))
     fire = _alert(host="h9")
     _produce(env.env["STREAM_BOOTSTRAP_SERVERS"], env.env["STREAM_TOPIC_ALERTS"], [fire])
     log = lambda: (tmp_path / "bridge.log").read_text()  # noqa: E731
@@ -145,6 +146,12 @@ def test_alertmanager_down_at_first_then_delivered_and_committed(stream_env, tmp
             [TopicPartition(topic, p) for p in parts], timeout=10)) == 1 or None, 20)
         c.close()
         assert committed
+        import urllib.request
+
+        body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+        vals = {l.split(" ")[0]: float(l.split(" ")[1]) for l in body.splitlines() if l.startswith("stream_")}
+        assert vals["stream_alertmanager_bridge_alerts_delivered_total"] == 1
+        assert vals["stream_alertmanager_bridge_delivery_failures_total"] >= 2
     finally:
         am.stop()
 

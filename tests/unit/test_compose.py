@@ -62,12 +62,15 @@ def exported_metric_names() -> set[str]:
     import stream.metrics as m
     from stream.lag import make_gauges
 
-    exporter = CollectorRegistry()
+    from stream.alertmanager import bridge_metrics
+
+    exporter, bridge = CollectorRegistry(), CollectorRegistry()
     make_gauges(exporter)
+    bridge_metrics(bridge)
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "info": ("_info",),
                 "gauge": ("",), "summary": ("_sum", "_count")}
     names = set()
-    for reg in (m.REGISTRY, exporter):
+    for reg in (m.REGISTRY, exporter, bridge):
         for fam in reg.collect():
             names |= {fam.name + s for s in suffixes[fam.type]}
     return names
@@ -154,6 +157,7 @@ def test_stack_services_are_wired_together():
     bridge = services["alertmanager-bridge"]["command"]
     assert bridge[:2] == ["stream", "alertmanager-bridge"]
     assert bridge[bridge.index("--alertmanager-url") + 1] == "http://alertmanager:9093"
+    assert jobs["stream-alertmanager-bridge"] == [f"alertmanager-bridge:{bridge[bridge.index('--metrics-port') + 1]}"]
     assert "--cluster.listen-address=" in services["alertmanager"]["command"]
     assert not any(p.startswith("9093:") for p in services["alertmanager"]["ports"])  # the local controller port
     am = yaml.safe_load((ROOT / "deploy/alertmanager.yml").read_text())
