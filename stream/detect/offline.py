@@ -40,13 +40,13 @@ LABEL_COLUMNS = ("anomaly", "changepoint")
 #: the same for every file): the worker's grade >= 0.99 among 200 recent scores barely ever
 #: holds for single noisy rows, so the grade only needs the upper half (0.5) and the distance
 #: from baseline decides (chi-square tail <= 1e-3); an incident resolves after 10 rows close to
-#: baseline; the baseline is nearly frozen after warm-up (half-life 1000 rows) and ADWIN drift
+#: baseline; the baseline is nearly frozen after warm-up (half-life 10000 rows) and ADWIN drift
 #: is off (a re-learned baseline would hide the rest of an episode). ``specs/offline/skab.yaml``
 #: adds SKAB's channel selection.
 DEFAULT_OFFLINE_SPEC = DetectorSpec(
     name="offline", window=1.0, features=("mean",), group_by=(), drift=False,
     threshold=ThresholdPolicy(grade=0.5, score_floor=0.0, distance_p=1e-3),
-    resolve_after=10, cooldown_windows=0, baseline_halflife=1000.0)
+    resolve_after=10, cooldown_windows=0, baseline_halflife=10000.0)
 
 
 class CsvRowError(ValueError):
