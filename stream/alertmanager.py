@@ -20,6 +20,7 @@ its offsets only after a batch was delivered.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import re
 import time
@@ -141,6 +142,8 @@ class AlertmanagerClient:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 r.read()
+        except http.client.HTTPException as exc:  # not HTTP at all (a wrong port): retried like unreachable
+            raise OSError(f"not an HTTP answer ({type(exc).__name__}: {exc}); is this Alertmanager's port?") from None
         except urllib.error.HTTPError as exc:
             body = exc.read()[:500].decode(errors="replace")
             if 400 <= exc.code < 500:

@@ -51,6 +51,10 @@ LAG_UP = "stream_consumer_lag_up"
 LABELS = ("group", "topic", "partition")
 
 
+def _faust_internal(topic: str) -> bool:
+    return topic.endswith("-changelog") or topic.endswith("__assignor-__leader")
+
+
 class LagError(RuntimeError):
     """The broker could not be asked; the message names the address and what to check."""
 
@@ -119,7 +123,7 @@ class LagMonitor:
             self._consumer = Consumer({**self.settings.kafka_client_config(),
                                        "group.id": f"stream-lag-probe-{uuid.uuid4().hex[:8]}",
                                        "enable.auto.commit": False, "enable.partition.eof": False,
-                                       "fetch.max.bytes": 524_288, "max.partition.fetch.bytes": 65_536},
+                                       "fetch.max.bytes": 1_048_576, "max.partition.fetch.bytes": 65_536},
                                       logger=_rdkafka_log)
         return self._consumer
 
@@ -233,9 +237,11 @@ class LagMonitor:
     def _poll_group(self, group: str) -> list[PartitionLag]:
         committed = self.committed(group)
         if self.partitions is None:
-            # partitions assigned to the group's members but never committed yet count too
+            # partitions assigned to the group's members but never committed yet count too, except
+            # Faust's own: table changelogs (read for recovery, never committed) and the assignor topic
             for tp in self.assigned(group):
-                committed.setdefault(tp, -1)
+                if not _faust_internal(tp[0]):
+                    committed.setdefault(tp, -1)
         else:
             mine = self.partitions()
             committed = {tp: committed.get(tp, -1) for tp in mine
@@ -251,7 +257,11 @@ class LagMonitor:
             if lag > 0:
                 lagging[tp] = max(pos, start)
             rows.append(PartitionLag(group, tp[0], tp[1], off, start, end, lag, 0.0))
-        times = self._record_times(lagging) if lagging else {}
+        try:
+            times = self._record_times(lagging) if lagging else {}
+        except Exception as exc:  # noqa: BLE001 - lag in messages is still worth reporting
+            log.warning("consumer lag: cannot read record timestamps: %s", exc)
+            times = {}
         seen = set()
         for r in rows:
             if r.messages > 0:

@@ -15,8 +15,9 @@ def register(sub) -> None:
         "bridge retries with exponential backoff and loses nothing (delivery is at least once; Alertmanager "
         "merges repeats). Runs until Ctrl-C / SIGTERM.",
         epilog="Exit status: 0 on Ctrl-C / SIGTERM; 2 on bad arguments.")
-    p.add_argument("--alertmanager-url", default="http://127.0.0.1:9093", metavar="URL",
-                   help="Alertmanager base URL (default http://127.0.0.1:9093)")
+    p.add_argument("--alertmanager-url", required=True, metavar="URL",
+                   help="Alertmanager base URL, e.g. http://alertmanager:9093 (no default: locally 9093 is the "
+                   "`stream kafka up` broker's controller port)")
     p.add_argument("--group", metavar="G", help="consumer group (default: <STREAM_APP_ID>-alertmanager-bridge)")
     p.add_argument("--topic", help="alerts topic (default: STREAM_TOPIC_ALERTS)")
     p.add_argument("--firing-ttl", type=float, default=86400.0, metavar="S",

@@ -68,6 +68,35 @@ def test_client_retries_then_delivers_and_skips_rejected_alerts():
     assert any("rejected alert x" in l for l in logs)
 
 
+def test_a_port_that_does_not_speak_http_is_retried_not_fatal():
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+
+    def garbage():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.recv(4096)
+            c.sendall(b"\x00\x01not http\r\n\r\n")
+            c.close()
+
+    threading.Thread(target=garbage, daemon=True).start()
+    logs, attempts = [], []
+    c = AlertmanagerClient(f"http://127.0.0.1:{srv.getsockname()[1]}", log=logs.append, sleep=attempts.append,
+                           stop=lambda: len(attempts) >= 2)
+    try:
+        assert c.deliver([{"labels": {}}]) is False  # stopped while still failing: nothing acknowledged
+    finally:
+        srv.close()
+    assert c.retries >= 2 and "is this Alertmanager's port?" in logs[0]
+
+
 def _produce(bootstrap: str, topic: str, alerts: list[dict]) -> None:
     from confluent_kafka import Producer
 

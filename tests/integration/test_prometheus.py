@@ -111,7 +111,12 @@ def test_lag_rises_while_the_worker_is_paused_and_returns_to_zero(stream_env, tm
               == ["0", "0"], 90, log=lambda: env.worker_log()[-2000:])
         _wait("lag seconds back to 0", lambda: prom.value(f"max(stream_consumer_lag_seconds{sel})") == 0, 30)
         assert prom.value(f'sum(stream_events_total{{job="stream-worker",topic="{topic}",outcome="processed"}})') == 5000
+        # Faust's changelogs and assignor topic are not consumption: never reported as lag
+        assert prom.query('stream_consumer_lag_messages{topic=~".*(-changelog|__assignor-__leader)"}') == []
         assert worker.poll() is None and exporter.poll() is None
+        exp_out = (tmp_path / "lag-exporter.log").read_text()
+        assert "retrying" not in exp_out and "cannot" not in exp_out, exp_out
+        assert "consumer lag:" not in env.worker_log(), env.worker_log()[-2000:]
     finally:
         prom.stop()
 
