@@ -1,0 +1,205 @@
+"""Failover: two workers share the group; one is SIGKILLed mid-stream and the other takes over.
+
+Eight series over eight partitions with injected anomalies. Two workers (same app id, own web
+ports) share the partitions; once they are partway through, one is killed with SIGKILL while the
+rest of the stream keeps arriving. The survivor must take over all partitions and the tables within
+a bounded time, catch up, and publish the same (alert_id, status) set as an uninterrupted single
+worker on the same data (the reference; alert ids are deterministic; at-least-once delivery may
+repeat one, so the comparison is on sets).
+
+The workers run with BROKER_SESSION_TIMEOUT=10 / BROKER_HEARTBEAT_INTERVAL=1 (Faust settings read
+from the environment): with Faust's default session timeout of 60 s the broker notices a killed
+member only after a minute, and the takeover takes that long.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from stream.demo import Injection, generate
+from tests.conftest import StreamEnv, _free_port
+from tests.integration.test_restart import _caught_up
+
+pytestmark = pytest.mark.kafka
+
+T0 = 1_700_000_000.0 - (1_700_000_000.0 % 60)
+HOURS = 4.0
+N_SERIES = 8
+SPIKES = (Injection(2, "spike", T0 + 1.5 * 3600 + 120, 60), Injection(5, "spike", T0 + 2.25 * 3600 + 120, 60),
+          Injection(7, "spike", T0 + 3 * 3600 + 120, 60), Injection(0, "spike", T0 + 3.5 * 3600 + 180, 60))
+INJ = SPIKES + (Injection(4, "level_shift", T0 + 3.25 * 3600, 1800),)
+FAST_FAILURE_DETECTION = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
+
+
+def lines() -> list[bytes]:
+    return [orjson.dumps(e) for e in generate(N_SERIES, T0, HOURS, 10.0, injections=INJ)]
+
+
+def produce(env: StreamEnv, path: Path, chunk: list[bytes]) -> None:
+    path.write_bytes(b"\n".join(chunk) + b"\n")
+    env.cli("produce", "--topic", env.env["STREAM_TOPIC_METRICS"], str(path), "--no-progress")
+
+
+def alerts_of(env: StreamEnv) -> list[dict]:
+    return env.consume(env.env["STREAM_TOPIC_ALERTS"], until=lambda r: False, timeout=6)
+
+
+def key(alerts) -> set[tuple[str, str]]:
+    return {(a["alert_id"], a["status"]) for a in alerts}
+
+
+def web(env_or_port, page: str) -> tuple[int, bytes]:
+    port = env_or_port if isinstance(env_or_port, (int, str)) else env_or_port.env["STREAM_WEB_PORT"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{page}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def processed(port) -> float:
+    status, body = web(port, "metrics")
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("stream_events_total{") and 'outcome="processed"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def ready(port) -> dict:
+    status, body = web(port, "ready")
+    try:
+        return json.loads(body) if body else {}
+    except ValueError:
+        return {}
+
+
+_admins: dict = {}
+
+
+def group_members(env: StreamEnv) -> list[set[tuple[str, int]]]:
+    """The consumer group's members, each as its assigned (topic, partition) set (as the broker sees it)."""
+    from confluent_kafka.admin import AdminClient
+
+    group, bootstrap = env.env["STREAM_APP_ID"], env.env["STREAM_BOOTSTRAP_SERVERS"]
+    admin = _admins.get(bootstrap) or _admins.setdefault(bootstrap, AdminClient({"bootstrap.servers": bootstrap}))
+    try:
+        desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
+    except Exception:  # noqa: BLE001 - e.g. a coordinator moving: try again
+        return []
+    return [{(tp.topic, tp.partition) for tp in m.assignment.topic_partitions} for m in desc.members]
+
+
+def input_partitions(env: StreamEnv) -> set[tuple[str, int]]:
+    n = int(env.env["STREAM_TOPIC_PARTITIONS"])
+    return {(t, p) for t in (env.env["STREAM_TOPIC_METRICS"], f"{env.env['STREAM_APP_ID']}-entity-samples")
+            for p in range(n)}
+
+
+def assert_injections_alerted(alerts: list[dict]) -> None:
+    firing = [a for a in alerts if a["status"] == "firing"]
+    for inj in SPIKES:
+        hits = [a for a in firing if a["series"]["labels"].get("host") == f"h{inj.series}"
+                and a["window"]["start"] <= inj.start < a["window"]["end"]]
+        assert hits, f"spike on h{inj.series} at {inj.start - T0:.0f}s not alerted; firing: " + str(
+            [(a["series"]["id"], a["window"]["start"] - T0) for a in firing])
+
+
+class Reference:
+    """The uninterrupted single-worker run on the shared broker, started early, read once per session."""
+
+    _done: dict[str, list[dict]] = {}
+
+    def __init__(self, bootstrap: str, tmp: Path):
+        self.bootstrap = bootstrap
+        self.env = None
+        if bootstrap in self._done:
+            return
+        self.env = StreamEnv(bootstrap, tmp, STREAM_TOPIC_PARTITIONS="8")
+        self.env.cli("topics", "apply")
+        self.env.start_worker("ref")
+        produce(self.env, tmp / "all.jsonl", lines())
+
+    def alerts(self) -> list[dict]:
+        if self.bootstrap not in self._done:
+            try:
+                _caught_up(self.env, 240)
+                self._done[self.bootstrap] = alerts_of(self.env)
+            finally:
+                self.env.stop()
+        return self._done[self.bootstrap]
+
+
+def test_sigkill_one_of_two_workers_the_other_takes_over(kafka_bootstrap, tmp_path_factory):
+    ref = Reference(kafka_bootstrap, tmp_path_factory.mktemp("ref"))
+    tmp = tmp_path_factory.mktemp("failover")
+    env = StreamEnv(kafka_bootstrap, tmp, STREAM_TOPIC_PARTITIONS="8")
+    env.cli("topics", "apply")
+    try:
+        port1, port2 = env.env["STREAM_WEB_PORT"], str(_free_port())
+        w1 = env.start_worker("w1", **FAST_FAILURE_DETECTION)
+        w2 = env.start_worker("w2", STREAM_WEB_PORT=port2, **FAST_FAILURE_DETECTION)
+        # both in the group, partitions split between them
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            r1, r2 = ready(port1), ready(port2)
+            if r1.get("ready") and r2.get("ready") and r1["partitions"] and r2["partitions"]:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"two workers did not share the partitions: {ready(port1)} {ready(port2)}\n"
+                                 + env.worker_log("w1")[-1500:] + env.worker_log("w2")[-1500:])
+        want = input_partitions(env)
+        members = group_members(env)
+        print(f"\nfailover: group members hold {[len(m & want) for m in members]} of the {len(want)} partitions "
+              "of the input and entity topics")
+        assert len(members) == 2 and all(m & want for m in members), members
+
+        data = lines()
+        cut = int(len(data) * 0.55)
+        produce(env, tmp / "a.jsonl", data[:cut])
+        # kill w1 once both are partway through (w1 must own some input)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            n1, n2 = processed(port1), processed(port2)
+            if n1 > 0 and n1 + n2 >= 0.25 * len(data):
+                break
+            time.sleep(0.2)
+        assert n1 > 0, f"w1 processed nothing ({n1}, {n2})"
+        w1.send_signal(signal.SIGKILL)
+        w1.wait(30)
+        t_kill = time.monotonic()
+        print(f"failover: SIGKILL w1 after {n1:.0f} + {n2:.0f} of {len(data)} samples processed")
+        produce(env, tmp / "b.jsonl", data[cut:])  # the stream goes on while w1 is gone
+
+        deadline = t_kill + 90
+        while time.monotonic() < deadline:
+            members = group_members(env)
+            if len(members) == 1 and members[0] >= want and ready(port2).get("ready"):
+                break
+            time.sleep(0.2)
+        takeover = time.monotonic() - t_kill
+        assert len(members) == 1 and members[0] >= want and ready(port2).get("ready"), (
+            f"w2 did not take over all input partitions within 90 s: {members} {ready(port2)}\n"
+            + env.worker_log("w2")[-3000:])
+        _caught_up(env, 180)
+        caught_up = time.monotonic() - t_kill
+        assert w2.poll() is None, env.worker_log("w2")[-3000:]
+        got = alerts_of(env)
+        print(f"failover: w2 holds every partition, tables recovered, {takeover:.1f}s after SIGKILL; "
+              f"caught up {caught_up:.1f}s after SIGKILL; alerts {len(got)} (distinct {len(key(got))})")
+    finally:
+        env.stop()
+    reference = ref.alerts()
+    assert_injections_alerted(reference)
+    assert key(got) == key(reference), sorted(key(got) ^ key(reference))
+    assert_injections_alerted(got)
+    assert takeover < 60
