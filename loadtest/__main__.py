@@ -1,0 +1,68 @@
+"""python -m loadtest run [--quick] --report OUT.json [...]"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest", description="Load test of the stream service.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser(
+        "run", help="run the load test and write a report",
+        description="Generate N entities x M metrics (daily pattern + noise, one batched message per entity per "
+        "scrape, injected anomalies of six kinds), run one `stream worker` in an isolated deployment against the "
+        "broker at max rate and then at a fixed rate, run the ceiling (bare consumer) and the naive pipeline "
+        "(Faust + river HST per sample) on the same data, and write OUT.json, OUT.md and OUT-*.png. "
+        "Event time is a history replay: it runs much faster than wall time, so windows close quickly.")
+    r.add_argument("--report", required=True, type=Path, help="output JSON path (OUT.md and OUT-*.png beside it)")
+    r.add_argument("--quick", action="store_true",
+                   help="small run (< 5 min): 100 entities x 5 metrics scraped every 30 s, 2 h of event time (shorter "
+                   "injections), 3 injections per kind, 30 s fixed-rate phase")
+    r.add_argument("--bootstrap", default=None, help="Kafka bootstrap HOST:PORT (default STREAM_BOOTSTRAP_SERVERS "
+                   "or 127.0.0.1:9092)")
+    r.add_argument("--entities", type=int, help="entities (default 1000; quick 200)")
+    r.add_argument("--metrics", type=int, help="metrics per entity (default 5)")
+    r.add_argument("--step", type=float, help="scrape interval in event-time seconds (default 15)")
+    r.add_argument("--hours", type=float, help="event time replayed in the max-rate phase (default 4; quick 3)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--rate", type=float, help="messages/s of the service's first phase (default: as fast as possible)")
+    g.add_argument("--max-rate", action="store_true", help="first phase as fast as possible (the default)")
+    r.add_argument("--second-rate", type=float,
+                   help="messages/s of the fixed-rate phase (default: half the first phase's measured rate)")
+    r.add_argument("--duration", type=float, help="wall seconds of the fixed-rate phase (default 60; quick 30; 0: skip)")
+    r.add_argument("--partitions", type=int, help="partitions of the input topics (default 4)")
+    r.add_argument("--per-kind", type=int, help="injections per anomaly kind and phase (default entities/40, >= 2)")
+    r.add_argument("--kinds", help="comma-separated anomaly kinds to inject (default all: spike,level_shift,variance,"
+                   "drift,correlated,missing)")
+    r.add_argument("--no-offline", action="store_true", help="skip scoring the data with the engine in-process")
+    r.add_argument("--no-references", action="store_true", help="skip the ceiling and naive runs")
+    r.add_argument("--keep-topics", action="store_true", help="do not delete the run's topics at the end")
+    args = p.parse_args(argv)
+
+    import os
+
+    from loadtest.run import Config, run
+
+    cfg = Config(quick=args.quick)
+    if args.quick:
+        cfg.entities, cfg.hours, cfg.duration, cfg.step, cfg.per_kind = 100, 2.0, 30.0, 30.0, 3
+        cfg.durations = {"level": 1200.0, "variance": 900.0, "drift": 2400.0, "missing": 900.0}
+    cfg.bootstrap = args.bootstrap or os.environ.get("STREAM_BOOTSTRAP_SERVERS", cfg.bootstrap)
+    for name in ("entities", "metrics", "step", "hours", "rate", "second_rate", "duration", "partitions", "per_kind"):
+        v = getattr(args, name)
+        if v is not None:
+            setattr(cfg, name, v)
+    cfg.references = not args.no_references
+    cfg.offline = not args.no_offline
+    if args.kinds:
+        cfg.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    cfg.keep_topics = args.keep_topics
+    report = run(cfg, args.report)
+    print(args.report.with_suffix(".md").read_text())
+    return 0 if report else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

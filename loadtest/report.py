@@ -1,0 +1,168 @@
+"""Outputs of a load-test run: the JSON report, a markdown summary beside it, PNG plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _f(v, fmt="{:,.0f}", none="–"):
+    return none if v is None else fmt.format(v)
+
+
+def markdown(r: dict, plots: list[str]) -> str:
+    c = r["config"]
+    svc, ceil, naive = r.get("service", {}), r.get("ceiling") or {}, r.get("naive") or {}
+    fr = r.get("fixed_rate") or {}
+    lat, det, mem, rat = r.get("latency_s", {}), r.get("detection", {}), r.get("memory", {}), r.get("ratios", {})
+    lines = [
+        f"# Load test {c['tag']}{' (--quick)' if c.get('quick') else ''}",
+        "",
+        f"{c['entities']:,} entities × {c['metrics']} metrics, one batched message per entity per scrape "
+        f"(every {c['step']:g} s of event time), {c['hours']:g} h of event time replayed; spec `loadtest` "
+        f"(`group_by: [entity]`), {c['partitions']} partitions, one worker, {c.get('cores')} cores (shared). "
+        f"Run took {r.get('wall_seconds', 0):.0f} s.",
+        "",
+        "| system | samples/s | messages/s | seconds to catch up | produce seconds |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, d in (("service (max rate)", svc), ("ceiling (read + decode)", ceil), ("naive (Faust + river HST)", naive)):
+        if d:
+            lines.append(f"| {name} | {_f(d.get('samples_per_s'))} | {_f(d.get('messages_per_s'))} | "
+                         f"{_f(d.get('seconds'), '{:.1f}')} | {_f(d.get('produce_seconds'), '{:.1f}')} |")
+    if fr:
+        lines.append(f"| service (fixed rate {_f(fr.get('offered_rate_messages_per_s'))} msgs/s) | "
+                     f"{_f(fr.get('samples_per_s'))} | {_f(fr.get('messages_per_s'))} | {_f(fr.get('seconds'), '{:.1f}')} | "
+                     f"{_f(fr.get('produce_seconds'), '{:.1f}')} |")
+    lines += [""]
+    if rat:
+        lines.append(f"**Ratios:** service / ceiling = **{rat['vs_ceiling']:.2f}** (target ≥ 0.5), "
+                     f"service / naive = **{rat['vs_naive']:.1f}×** (target ≥ 10×).")
+        if ceil.get("bound_by_producer"):
+            lines.append("The ceiling kept up with the producer: its figure is a lower bound (the producer was the limit).")
+        lines.append("")
+    fx, mx = lat.get("fixed_rate", {}), lat.get("max_rate", {})
+    lines += [
+        "**Alert latency** (window closable → alert appended on the alerts topic), seconds:",
+        "",
+        "| phase | alerts | p50 | p95 | p99 | max |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| fixed rate (half max) | {fx.get('n', 0)} | {_f(fx.get('p50'), '{:.3f}')} | {_f(fx.get('p95'), '{:.3f}')} | "
+        f"{_f(fx.get('p99'), '{:.3f}')} | {_f(fx.get('max'), '{:.3f}')} |",
+        f"| max rate (backlog) | {mx.get('n', 0)} | {_f(mx.get('p50'), '{:.3f}')} | {_f(mx.get('p95'), '{:.3f}')} | "
+        f"{_f(mx.get('p99'), '{:.3f}')} | {_f(mx.get('max'), '{:.3f}')} |",
+        "",
+        f"**Detection** ({det.get('injections', 0)} injections, tolerance ±{det.get('tolerance_s', 0):g} s): "
+        f"precision **{_f(det.get('precision'), '{:.2f}')}** ({det.get('true_alerts', 0)} of {det.get('firing_alerts', 0)} "
+        f"firing alerts match an injection; by kind {det.get('alerts_by_kind', {})}), "
+        f"recall **{_f(det.get('recall'), '{:.2f}')}**.",
+        "",
+        "| injected kind | injected | detected | recall |",
+        "|---|---:|---:|---:|",
+    ]
+    for k, v in det.get("per_kind", {}).items():
+        lines.append(f"| {k} | {v['injected']} | {v['detected']} | {_f(v.get('recall'), '{:.2f}')} |")
+    lines += [
+        "",
+        f"**Memory** (worker): peak RSS {mem.get('peak_rss_bytes', 0) / 2**20:,.0f} MiB (idle ready worker "
+        f"{mem.get('rss_idle_bytes', 0) / 2**20:,.0f} MiB) → {_f(mem.get('bytes_per_entity'))} bytes per entity "
+        f"over {c['entities']:,} entities; serialized state {_f(mem.get('serialized_state_bytes_per_entity'))} bytes "
+        "per entity. 100k entities in 2 GiB: see `benchmarks/bench_entities.py` (engine only).",
+        "",
+        "**Targets:** " + ", ".join(f"{k}: {v}" for k, v in r.get("targets", {}).items()),
+        "",
+    ]
+    lines += [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def plots(r: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stem = out.with_suffix("")
+    names = []
+    systems = [(k, r[k]) for k in ("service", "ceiling", "naive") if r.get(k)]
+    m = r["config"]["metrics"]
+
+    # throughput over time (samples/s from committed input offsets)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, d in systems:
+        ts = d.get("timeseries") or []
+        xs, ys = [], []
+        for (t0, c0, *_), (t1, c1, *_) in zip(ts, ts[1:]):
+            if t1 > t0:
+                xs.append(t1)
+                ys.append((c1 - c0) * m / (t1 - t0))
+        ax.plot(xs, ys, label=name, lw=1)
+    fr = r.get("fixed_rate")
+    if fr and fr.get("timeseries"):
+        ts = fr["timeseries"]
+        off = (r["service"].get("seconds") or 0) + 2
+        xs = [t1 + off for (t0, *_), (t1, *_) in zip(ts, ts[1:])]
+        ys = [(c1 - c0) * m / (t1 - t0) if t1 > t0 else 0 for (t0, c0, *_), (t1, c1, *_) in zip(ts, ts[1:])]
+        ax.plot(xs, ys, label="service, fixed rate (time shifted)", lw=1)
+    ax.set_xlabel("seconds since produce start")
+    ax.set_ylabel("samples/s committed")
+    ax.set_title("Throughput (from committed offsets, 0.5 s samples)")
+    ax.legend()
+    fig.tight_layout()
+    p = Path(f"{stem}-throughput.png")
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    names.append(p.name)
+
+    # lag over time
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, d in systems:
+        ts = d.get("timeseries") or []
+        ax.plot([x[0] for x in ts], [x[3] for x in ts], label=name, lw=1)
+    if fr and fr.get("timeseries"):
+        ts = fr["timeseries"]
+        ax.plot([x[0] for x in ts], [x[3] for x in ts], label="service, fixed rate", lw=1)
+    ax.set_xlabel("seconds since produce start")
+    ax.set_ylabel("lag (messages, input + internal)")
+    ax.set_title("Consumer lag")
+    ax.legend()
+    fig.tight_layout()
+    p = Path(f"{stem}-lag.png")
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    names.append(p.name)
+
+    # latency distribution and over time
+    lat = r.get("latency_samples") or []
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    for phase, label in ((2, "fixed rate"), (1, "max rate")):
+        ys = [x[1] for x in lat if x[2] == phase]
+        if ys:
+            a1.hist(ys, bins=40, alpha=0.6, label=f"{label} (n={len(ys)})")
+            a2.plot([x[0] for x in lat if x[2] == phase], ys, ".", ms=3, label=label)
+    a1.set_xlabel("alert latency (s)")
+    a1.set_ylabel("alerts")
+    a1.set_title("Alert latency distribution")
+    a1.legend()
+    a2.set_xlabel("window closable at (s since run start)")
+    a2.set_ylabel("latency (s)")
+    a2.set_yscale("symlog", linthresh=0.1)
+    a2.set_title("Alert latency over time")
+    a2.legend()
+    fig.tight_layout()
+    p = Path(f"{stem}-latency.png")
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    names.append(p.name)
+    return names
+
+
+def write_outputs(r: dict, out: Path) -> None:
+    out = Path(out)
+    try:
+        names = plots(r, out)
+    except Exception as exc:  # noqa: BLE001 - the figures matter more than the pictures
+        print(f"plots failed: {exc}")
+        names = []
+    r["plots"] = names
+    out.write_text(json.dumps(r, indent=1, default=str))
+    out.with_suffix(".md").write_text(markdown(r, names))
