@@ -61,12 +61,34 @@ def markdown(r: dict, plots: list[str]) -> str:
     ]
     for k, v in det.get("per_kind", {}).items():
         lines.append(f"| {k} | {v['injected']} | {v['detected']} | {_f(v.get('recall'), '{:.2f}')} |")
+    d1, off = det.get("max_rate_phase"), r.get("detection_engine_offline")
+    if d1 and off:
+        lines += [
+            "",
+            "Same phase-1 data (max-rate replay, phase-1 injections only), service vs the engine alone "
+            "(`stream.detect.engine.Detector` in-process, no Kafka):",
+            "",
+            "| | firing alerts | precision | recall | " + " | ".join(d1["per_kind_recall"]) + " |",
+            "|---|---:|---:|---:|" + "---:|" * len(d1["per_kind_recall"]),
+        ]
+        for name, d in (("service", d1), ("engine alone", off)):
+            lines.append(f"| {name} | {d['firing_alerts']} | {_f(d.get('precision'), '{:.2f}')} | "
+                         f"{_f(d.get('recall'), '{:.2f}')} | "
+                         + " | ".join(_f(v, '{:.2f}') for v in d["per_kind_recall"].values()) + " |")
+    wc = mem.get("worker_counters") or {}
+    late = sum(v for k, v in wc.items() if 'outcome="late"' in k)
+    proc = sum(v for k, v in wc.items() if 'outcome="processed"' in k)
+    if proc:
+        lines += ["", f"The worker counted **{late:,.0f} late samples** of {proc:,.0f} processed "
+                      f"({100 * late / proc:.1f} %): samples arriving after their window was already closed."]
     lines += [
         "",
         f"**Memory** (worker): peak RSS {mem.get('peak_rss_bytes', 0) / 2**20:,.0f} MiB (idle ready worker "
         f"{mem.get('rss_idle_bytes', 0) / 2**20:,.0f} MiB) → {_f(mem.get('bytes_per_entity'))} bytes per entity "
         f"over {c['entities']:,} entities; serialized state {_f(mem.get('serialized_state_bytes_per_entity'))} bytes "
-        "per entity. 100k entities in 2 GiB: see `benchmarks/bench_entities.py` (engine only).",
+        "per entity. 100k entities in 2 GiB: see `benchmarks/bench_entities.py` (engine only). "
+        f"Peak RSS of the references: ceiling {(ceil.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB, "
+        f"naive {(naive.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB.",
         "",
         "**Targets:** " + ", ".join(f"{k}: {v}" for k, v in r.get("targets", {}).items()),
         "",
