@@ -108,27 +108,33 @@ def plots(r: dict, out: Path) -> list[str]:
     systems = [(k, r[k]) for k in ("service", "ceiling", "naive") if r.get(k)]
     m = r["config"]["metrics"]
 
-    # throughput over time (samples/s from committed input offsets)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name, d in systems:
-        ts = d.get("timeseries") or []
-        xs, ys = [], []
-        for (t0, c0, *_), (t1, c1, *_) in zip(ts, ts[1:]):
-            if t1 > t0:
-                xs.append(t1)
-                ys.append((c1 - c0) * m / (t1 - t0))
-        ax.plot(xs, ys, label=name, lw=1)
+    # throughput over time: cumulative samples committed (slope = throughput) and a 3 s rate
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     fr = r.get("fixed_rate")
+    curves = list(systems)
     if fr and fr.get("timeseries"):
-        ts = fr["timeseries"]
-        off = (r["service"].get("seconds") or 0) + 2
-        xs = [t1 + off for (t0, *_), (t1, *_) in zip(ts, ts[1:])]
-        ys = [(c1 - c0) * m / (t1 - t0) if t1 > t0 else 0 for (t0, c0, *_), (t1, c1, *_) in zip(ts, ts[1:])]
-        ax.plot(xs, ys, label="service, fixed rate (time shifted)", lw=1)
-    ax.set_xlabel("seconds since produce start")
-    ax.set_ylabel("samples/s committed")
-    ax.set_title("Throughput (from committed offsets, 0.5 s samples)")
-    ax.legend()
+        curves.append(("service, fixed rate", fr))
+    for name, d in curves:
+        ts = d.get("timeseries") or []
+        if not ts:
+            continue
+        a1.plot([x[0] for x in ts], [x[1] * m for x in ts], label=name, lw=1.2)
+        xs, ys, j = [], [], 0
+        for i, x in enumerate(ts):  # rate over the trailing 3 s (Faust commits every 2.8 s)
+            while ts[j][0] < x[0] - 3.0:
+                j += 1
+            if x[0] > ts[j][0]:
+                xs.append(x[0])
+                ys.append((x[1] - ts[j][1]) * m / (x[0] - ts[j][0]))
+        a2.plot(xs, ys, label=name, lw=1)
+    a1.set_xlabel("seconds since produce start")
+    a1.set_ylabel("samples committed")
+    a1.set_title("Committed samples (slope = throughput)")
+    a1.legend()
+    a2.set_xlabel("seconds since produce start")
+    a2.set_ylabel("samples/s (trailing 3 s)")
+    a2.set_yscale("symlog", linthresh=100)
+    a2.set_title("Throughput over time")
     fig.tight_layout()
     p = Path(f"{stem}-throughput.png")
     fig.savefig(p, dpi=100)
@@ -156,12 +162,17 @@ def plots(r: dict, out: Path) -> list[str]:
     # latency distribution and over time
     lat = r.get("latency_samples") or []
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    import numpy as np
+
+    allv = [max(x[1], 1e-3) for x in lat]
+    bins = np.logspace(np.log10(min(allv)), np.log10(max(allv)) + 0.01, 40) if allv else 10
     for phase, label in ((2, "fixed rate"), (1, "max rate")):
         ys = [x[1] for x in lat if x[2] == phase]
         if ys:
-            a1.hist(ys, bins=40, alpha=0.6, label=f"{label} (n={len(ys)})")
+            a1.hist([max(y, 1e-3) for y in ys], bins=bins, alpha=0.6, label=f"{label} (n={len(ys)})")
             a2.plot([x[0] for x in lat if x[2] == phase], ys, ".", ms=3, label=label)
-    a1.set_xlabel("alert latency (s)")
+    a1.set_xscale("log")
+    a1.set_xlabel("alert latency (s, log)")
     a1.set_ylabel("alerts")
     a1.set_title("Alert latency distribution")
     a1.legend()
