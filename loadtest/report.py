@@ -25,12 +25,14 @@ def markdown(r: dict, plots: list[str]) -> str:
         "| system | samples/s | messages/s | seconds to catch up | produce seconds |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, d in (("service (max rate)", svc), ("ceiling (read + decode)", ceil), ("naive (Faust + river HST)", naive)):
+    r1 = svc.get("offered_rate_messages_per_s")
+    p1name = f"service (phase 1, {r1:,.0f} msgs/s offered)" if r1 else "service (max rate)"
+    for name, d in ((p1name, svc), ("ceiling (read + decode)", ceil), ("naive (Faust + river HST)", naive)):
         if d:
             lines.append(f"| {name} | {_f(d.get('samples_per_s'))} | {_f(d.get('messages_per_s'))} | "
                          f"{_f(d.get('seconds'), '{:.1f}')} | {_f(d.get('produce_seconds'), '{:.1f}')} |")
     if fr:
-        lines.append(f"| service (fixed rate {_f(fr.get('offered_rate_messages_per_s'))} msgs/s) | "
+        lines.append(f"| service (phase 2, fixed rate {_f(fr.get('offered_rate_messages_per_s'))} msgs/s) | "
                      f"{_f(fr.get('samples_per_s'))} | {_f(fr.get('messages_per_s'))} | {_f(fr.get('seconds'), '{:.1f}')} | "
                      f"{_f(fr.get('produce_seconds'), '{:.1f}')} |")
     lines += [""]
@@ -46,9 +48,9 @@ def markdown(r: dict, plots: list[str]) -> str:
         "",
         "| phase | alerts | p50 | p95 | p99 | max |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| fixed rate (half max) | {fx.get('n', 0)} | {_f(fx.get('p50'), '{:.3f}')} | {_f(fx.get('p95'), '{:.3f}')} | "
+        f"| phase 2: fixed rate ({_f(fr.get('offered_rate_messages_per_s'))} msgs/s offered) | {fx.get('n', 0)} | {_f(fx.get('p50'), '{:.3f}')} | {_f(fx.get('p95'), '{:.3f}')} | "
         f"{_f(fx.get('p99'), '{:.3f}')} | {_f(fx.get('max'), '{:.3f}')} |",
-        f"| max rate (backlog) | {mx.get('n', 0)} | {_f(mx.get('p50'), '{:.3f}')} | {_f(mx.get('p95'), '{:.3f}')} | "
+        f"| phase 1: {'%s msgs/s offered' % _f(r1) if r1 else 'max rate (backlog)'} | {mx.get('n', 0)} | {_f(mx.get('p50'), '{:.3f}')} | {_f(mx.get('p95'), '{:.3f}')} | "
         f"{_f(mx.get('p99'), '{:.3f}')} | {_f(mx.get('max'), '{:.3f}')} |",
         "",
         f"**Detection** ({det.get('injections', 0)} injections, tolerance ±{det.get('tolerance_s', 0):g} s): "
@@ -86,9 +88,9 @@ def markdown(r: dict, plots: list[str]) -> str:
         f"**Memory** (worker): peak RSS {mem.get('peak_rss_bytes', 0) / 2**20:,.0f} MiB (idle ready worker "
         f"{mem.get('rss_idle_bytes', 0) / 2**20:,.0f} MiB) → {_f(mem.get('bytes_per_entity'))} bytes per entity "
         f"over {c['entities']:,} entities; serialized state {_f(mem.get('serialized_state_bytes_per_entity'))} bytes "
-        "per entity. 100k entities in 2 GiB: see `benchmarks/bench_entities.py` (engine only). "
-        f"Peak RSS of the references: ceiling {(ceil.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB, "
-        f"naive {(naive.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB.",
+        "per entity. 100k entities in 2 GiB: see `benchmarks/bench_entities.py` (engine only)."
+        + (f" Peak RSS of the references: ceiling {(ceil.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB, "
+           f"naive {(naive.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB." if ceil and naive else ""),
         "",
         "**Targets:** " + ", ".join(f"{k}: {v}" for k, v in r.get("targets", {}).items()),
         "",

@@ -41,8 +41,8 @@ class Config:
     bootstrap: str = "127.0.0.1:9092"
     entities: int = 1000
     metrics: int = 5
-    step: float = 15.0
-    hours: float = 4.0
+    step: float = 30.0
+    hours: float = 3.0
     rate: float | None = None  # phase-1 messages/s; None = as fast as possible
     second_rate: float | None = None  # phase-2 messages/s; None = half the phase-1 rate
     duration: float = 60.0  # wall seconds of phase 2 (0: no phase 2)
@@ -646,7 +646,8 @@ def run(cfg: Config, report_path: Path) -> dict:
             rate2 = cfg.second_rate or 0.5 * svc["messages_per_s"]
             n2 = int(rate2 * cfg.duration)
             k2 = k1 + max(1, math.ceil(n2 / cfg.entities))
-            wl.schedule(k1, k2, per_kind, seed=2, kinds=cfg.kinds)
+            # more injections in the short fixed-rate phase: its alerts are the latency sample
+            wl.schedule(k1, k2, max(per_kind, cfg.entities // 10), seed=2, kinds=cfg.kinds)
             feed2 = Feed(wl, k1, k2)
             log(f"[fixed-rate] {len(feed2):,} messages at {rate2:,.0f} msgs/s "
                 f"({(k2 - k1) * cfg.step / 60:.0f} min of event time)")
