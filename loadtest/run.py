@@ -610,7 +610,7 @@ def run(cfg: Config, report_path: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f"loadtest-{tag}-"))
     report_path.parent.mkdir(parents=True, exist_ok=True)
     per_kind = cfg.per_kind or max(2, cfg.entities // 40)
-    t0_evt = math.floor((time.time() - cfg.hours * 3600 - 86400) / 3600) * 3600  # history replay
+    t0_evt = 1_699_999_200.0  # history replay from a fixed hour: the same data in every run
     wl = Workload(entities=cfg.entities, metrics=cfg.metrics, step=cfg.step, t0=t0_evt,
                   **{f"{k}_s": v for k, v in cfg.durations.items()})
     k1 = int(cfg.hours * 3600 / cfg.step)
