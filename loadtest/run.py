@@ -15,7 +15,6 @@ Consumer lag (end − committed offsets) is sampled every 0.5 s in every phase.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import socket
