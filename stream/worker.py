@@ -175,6 +175,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
             processing.observe(time.perf_counter() - t0)
 
     lane_checked: dict[tuple[str, int], float] = {}
+    last_wall: dict[str, float] = {}  # entity id -> wall time of its last sample
 
     async def publish(alerts: list[dict]) -> None:
         for a in alerts:
@@ -209,6 +210,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 alerts += det.ingest(metric, labels, ts, value, offset=off, partition=part,
                                      lane=event.message.partition)
             det.advance_cursor(eid, src_part, src_off)
+            last_wall[eid] = time.monotonic()
             if det.late > late0:
                 m.EVENTS.labels(s.topic_metrics, "late").inc(det.late - late0)
             await publish(alerts)
@@ -221,12 +223,21 @@ def build_app(settings: Settings | None = None) -> faust.App:
             ck = (det.spec.name, lane)
             if now_evt - lane_checked.get(ck, -float("inf")) >= det.spec.window:
                 lane_checked[ck] = now_evt
-                quiet, changed = det.advance_lane(now_evt - 10 * det.spec.window - det.spec.allowed_lateness, lane)
+                # an entity counts as quiet only if it is behind in event time AND has received
+                # nothing for STREAM_IDLE_CLOSE_SECONDS of wall time: input partitions are consumed
+                # unevenly during a replay, and another entity's event time must not close windows
+                # that are still receiving samples (they would turn into late samples)
+                wall = time.monotonic()
+                idle_after = s.idle_close_seconds
+                quiet, changed = det.advance_lane(
+                    now_evt - 10 * det.spec.window - det.spec.allowed_lateness, lane,
+                    may_close=lambda e: wall - last_wall.get(e, 0.0) >= idle_after)
                 await publish(quiet)
                 for other in changed:
                     if other in det.entities:
                         persist(det, other)
                 for gone in det.expire(now_evt, s.entity_ttl_seconds, lane):
+                    last_wall.pop(gone, None)
                     state.pop(gone.encode(), None)
                     state_sizes.pop(gone.encode(), None)
 

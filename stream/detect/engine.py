@@ -129,9 +129,13 @@ class Detector:
         """Close the lane's windows up to a watermark (entities gone quiet); returns their alerts."""
         return self.advance_lane(watermark, lane)[0]
 
-    def advance_lane(self, watermark: float, lane: int = 0) -> tuple[list[dict], set[str]]:
-        """Like :meth:`advance`, also returning the entities whose state changed."""
-        closed = self.windows.close_until(watermark, lane)
+    def advance_lane(self, watermark: float, lane: int = 0, may_close=None) -> tuple[list[dict], set[str]]:
+        """Like :meth:`advance`, also returning the entities whose state changed.
+
+        ``may_close(entity_id)`` can veto closing an entity's windows (the worker vetoes entities
+        that are still receiving samples, whatever the lane's event time says).
+        """
+        closed = self.windows.close_until(watermark, lane, may_close)
         return self._emit(closed), {w.entity for w in closed}
 
     def _emit(self, windows: list[ClosedWindow]) -> list[dict]:

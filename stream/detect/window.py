@@ -89,15 +89,24 @@ class WindowStore:
             out.append(self._close((entity, lst[0])))
         return out
 
-    def close_until(self, watermark: float, lane: int = 0) -> list[ClosedWindow]:
-        """Close (and return, oldest first) the lane's open windows whose end + lateness <= watermark."""
+    def close_until(self, watermark: float, lane: int = 0, may_close=None) -> list[ClosedWindow]:
+        """Close (and return, oldest first) the lane's open windows whose end + lateness <= watermark.
+
+        ``may_close(entity)``, when given, vetoes closing an entity's windows (they stay indexed).
+        """
         out = []
+        kept = []
         heap = self.heaps.get(lane)
         limit = watermark - self.size - self.lateness
         while heap and heap[0][0] <= limit:
             start, entity = heapq.heappop(heap)
             if (entity, start) in self.open:
+                if may_close is not None and not may_close(entity):
+                    kept.append((start, entity))
+                    continue
                 out.append(self._close((entity, start)))
+        for item in kept:
+            heapq.heappush(heap, item)
         return out
 
     def _close(self, key: tuple[str, float]) -> ClosedWindow:

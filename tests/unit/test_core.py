@@ -192,3 +192,13 @@ def test_produce_keys_metric_and_inference_batches_by_their_first_item():
     assert _key_of(b'{"inferences":[{"model":"churn","version":"1"}]}') == b"churn"
     assert _key_of(b'{"model":"churn"}') == b"churn"
     assert _key_of(b"not json") is None
+
+
+def test_lane_watermark_does_not_close_windows_of_entities_still_receiving():
+    store = WindowStore(60.0)
+    store.add("busy", "m", 10.0, 1.0)
+    store.add("quiet", "m", 10.0, 1.0)
+    closed = store.close_until(10_000.0, may_close=lambda e: e == "quiet")
+    assert [w.entity for w in closed] == ["quiet"]
+    assert store.add("busy", "m", 20.0, 2.0) is True  # still open, not late
+    assert [w.summary["m"]["count"] for w in store.close_until(10_000.0)] == [2]
