@@ -46,11 +46,24 @@ def load_topic_specs(settings: Settings, directory: Path = TOPICS_DIR) -> list[T
     return out
 
 
+# Changelog-backed Faust tables of the worker (stream/worker.py, stream/models_worker.py).
+TABLES = ("entity-state", "model-monitor-state")
+
+
 def internal_topics(settings: Settings) -> list[TopicSpec]:
-    """The worker's internal repartition topic (its table changelogs are Faust's own)."""
-    return [TopicSpec("<internal>", f"{settings.app_id}-entity-samples", settings.topic_partitions,
-                      settings.topic_replication, {"cleanup.policy": "delete", "retention.ms": "86400000"},
-                      "entity id (detector/entity)", None)]
+    """The worker's internal topics: the repartition topic and its tables' changelogs.
+
+    They are created before the worker starts: Faust ignores for good an agent topic that does not
+    exist at subscription, and checks a table's changelog against its source topics' partition
+    counts at assignment, failing (PartitionsMismatch) if the changelog is not there yet.
+    """
+    n, r = settings.topic_partitions, settings.topic_replication
+    out = [TopicSpec("<internal>", f"{settings.app_id}-entity-samples", n, r,
+                     {"cleanup.policy": "delete", "retention.ms": "86400000"}, "entity id (detector/entity)", None)]
+    for table in TABLES:
+        out.append(TopicSpec("<internal>", f"{settings.app_id}-{table}-changelog", n, r,
+                             {"cleanup.policy": "compact"}, "table key", None))
+    return out
 
 
 def apply_topics(settings: Settings, *, timeout: float = 30.0, log=print, internal: bool = True,
