@@ -102,7 +102,7 @@ def _check_sample(obj: Any) -> Sample | tuple[str, str]:
     return Sample(metric, labels, value, ts, series_id(metric, labels))
 
 
-def _encode_item(item: Any) -> bytes:
+def encode_item(item: Any) -> bytes:
     """The JSON of one bad sample of a batch, faithful to what was sent.
 
     orjson would write NaN/Infinity as null and refuses integers beyond 64 bits and lone
@@ -112,6 +112,33 @@ def _encode_item(item: Any) -> bytes:
         return json.dumps(item, ensure_ascii=False, allow_nan=True, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: keep them as \\uXXXX escapes
         return json.dumps(item, ensure_ascii=True, allow_nan=True, separators=(",", ":")).encode("ascii")
+
+
+def parse_json(raw: bytes | None, max_bytes: int) -> tuple[Any, Rejection | None]:
+    """Parse one message's JSON (shared by every input decoder); a rejection instead of raising.
+
+    >>> parse_json(b'{"a": NaN}', 100)[0]
+    {'a': nan}
+    >>> parse_json(b'\\xff', 100)[1].reason
+    'invalid_utf8'
+    """
+    if raw is None:
+        return None, Rejection("empty", "message has no value (tombstone)", b"")
+    if len(raw) > max_bytes:
+        return None, Rejection("oversized", f"message of {len(raw)} bytes exceeds {max_bytes} (STREAM_MAX_MESSAGE_BYTES)", raw)
+    try:
+        return orjson.loads(raw), None
+    except orjson.JSONDecodeError as exc:
+        # slow path, bad input only: JSON with NaN / Infinity literals gets a precise reason.
+        # Decode strictly first: json.loads(bytes) would let UTF-8-encoded surrogates through.
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as uexc:
+            return None, Rejection("invalid_utf8", f"not valid UTF-8: {uexc}", raw)
+        try:
+            return json.loads(text), None
+        except Exception:  # noqa: BLE001
+            return None, Rejection("not_json", f"not valid JSON: {exc}", raw)
 
 
 def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tuple[list[Sample], list[Rejection]]:
@@ -128,23 +155,9 @@ def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tupl
     >>> len(ok), bad[0].reason, bad[0].batch_index
     (1, 'non_numeric', 1)
     """
-    if raw is None:
-        return [], [Rejection("empty", "message has no value (tombstone)", b"")]
-    if len(raw) > max_bytes:
-        return [], [Rejection("oversized", f"message of {len(raw)} bytes exceeds {max_bytes} (STREAM_MAX_MESSAGE_BYTES)", raw)]
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        # slow path, bad input only: JSON with NaN / Infinity literals gets a precise reason.
-        # Decode strictly first: json.loads(bytes) would let UTF-8-encoded surrogates through.
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as uexc:
-            return [], [Rejection("invalid_utf8", f"not valid UTF-8: {uexc}", raw)]
-        try:
-            obj = json.loads(text)
-        except Exception:  # noqa: BLE001
-            return [], [Rejection("not_json", f"not valid JSON: {exc}", raw)]
+    obj, rej = parse_json(raw, max_bytes)
+    if rej is not None:
+        return [], [rej]
     if isinstance(obj, dict) and "samples" in obj:
         batch = obj["samples"]
         if len(obj) != 1:
@@ -160,7 +173,7 @@ def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tupl
             if isinstance(res, Sample):
                 good.append(res)
             else:
-                bad.append(Rejection(res[0], f"samples[{i}]: {res[1]}", _encode_item(item), i))
+                bad.append(Rejection(res[0], f"samples[{i}]: {res[1]}", encode_item(item), i))
         return good, bad
     res = _check_sample(obj)
     if isinstance(res, Sample):

@@ -19,15 +19,13 @@ non-empty name), ``bad_timestamp``, ``bad_features``, ``bad_prediction``, ``bad_
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 
-from stream.events import Rejection
+from stream.events import Rejection, encode_item, parse_json
 
 _MODEL_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 _INFERENCE_KEYS = frozenset(("model", "version", "request_id", "ts", "features", "prediction", "score", "labels"))
@@ -176,27 +174,12 @@ def _check_feedback(obj: Any) -> Feedback | tuple[str, str]:
     return Feedback(model, version, rid, label, ts)
 
 
-def _parse(raw: bytes | None, max_bytes: int) -> tuple[Any, Rejection | None]:
-    if raw is None:
-        return None, Rejection("empty", "message has no value (tombstone)", b"")
-    if len(raw) > max_bytes:
-        return None, Rejection("oversized", f"message of {len(raw)} bytes exceeds {max_bytes} (STREAM_MAX_MESSAGE_BYTES)", raw)
-    try:
-        return orjson.loads(raw), None
-    except orjson.JSONDecodeError as exc:
-        try:  # slow path, bad input only: NaN / Infinity literals get a precise reason
-            return json.loads(raw), None
-        except Exception:  # noqa: BLE001
-            reason = "invalid_utf8" if "utf-8" in str(exc).lower() else "not_json"
-            return None, Rejection(reason, f"not valid JSON: {exc}", raw)
-
-
 def decode_inferences(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tuple[list[Inference], list[Rejection]]:
     """One message of the inferences topic: an inference or ``{"inferences": [...]}``.
 
     The good items of a mixed batch are kept; each bad one is rejected on its own.
     """
-    obj, rej = _parse(raw, max_bytes)
+    obj, rej = parse_json(raw, max_bytes)
     if rej is not None:
         return [], [rej]
     if isinstance(obj, dict) and "inferences" in obj:
@@ -214,7 +197,7 @@ def decode_inferences(raw: bytes | None, *, max_bytes: int, max_batch: int) -> t
             if isinstance(res, Inference):
                 good.append(res)
             else:
-                bad.append(Rejection(res[0], f"inferences[{i}]: {res[1]}", orjson.dumps(item), i))
+                bad.append(Rejection(res[0], f"inferences[{i}]: {res[1]}", encode_item(item), i))
         return good, bad
     res = _check_inference(obj)
     if isinstance(res, Inference):
@@ -224,7 +207,7 @@ def decode_inferences(raw: bytes | None, *, max_bytes: int, max_batch: int) -> t
 
 def decode_feedback(raw: bytes | None, *, max_bytes: int) -> tuple[list[Feedback], list[Rejection]]:
     """One message of the feedback topic (one label per message)."""
-    obj, rej = _parse(raw, max_bytes)
+    obj, rej = parse_json(raw, max_bytes)
     if rej is not None:
         return [], [rej]
     res = _check_feedback(obj)

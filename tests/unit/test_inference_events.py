@@ -116,3 +116,23 @@ def test_decoder_agrees_with_the_json_schemas():
     for name in ("inferences", "feedback"):
         spec = yaml.safe_load((SCHEMAS.parent / f"{name}.yaml").read_text())
         assert spec["setting"] == f"topic_{name}" and (SCHEMAS.parent / spec["schema"]).is_file()
+
+
+def test_bad_items_of_a_batch_keep_their_original_json():
+    from stream.inference_events import decode_inferences
+
+    raw = (b'{"inferences":[{"model":"m","version":"1","request_id":"a","ts":1,"features":{},"prediction":NaN},'
+           b'{"model":"m","version":"1","request_id":"b","ts":1,"features":{"x":1},"prediction":1,'
+           b'"bogus":123456789012345678901234567890}]}')
+    ok, bad = decode_inferences(raw, max_bytes=10_000, max_batch=10)
+    assert len(bad) == 2
+    assert b"NaN" in bad[0].original  # not turned into null
+    assert b"123456789012345678901234567890" in bad[1].original  # a 100-bit integer survives
+
+
+def test_utf8_encoded_surrogates_are_invalid_utf8():
+    from stream.inference_events import decode_feedback
+
+    raw = b'{"model":"m","version":"1","request_id":"\xed\xa0\x80","label":1,"ts":1}'
+    ok, bad = decode_feedback(raw, max_bytes=10_000)
+    assert not ok and bad[0].reason == "invalid_utf8"
