@@ -111,6 +111,22 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
     state_sizes: dict[bytes, int] = {}
 
+    @app.timer(interval=5.0)
+    async def flow_control_watchdog():
+        """Re-enable fetching for partitions Faust paused on stream-buffer pressure.
+
+        Faust drops a partition from the fetcher when its stream buffer is under high pressure and
+        relies on a pressure-drop callback to add it back. An intermittent stall after a restart
+        (one input partition never consumed again, no error) may be that callback not firing;
+        re-enabling is safe: if the buffer is still under pressure the next message pauses it again.
+        """
+        consumer = app.consumer
+        stuck = list(getattr(consumer, "_buffered_partitions", ()))
+        for tp in stuck:
+            consumer.on_buffer_drop(tp)
+        if stuck:
+            log.warning("flow-control watchdog re-enabled %d partition(s): %s", len(stuck), stuck)
+
     @app.page("/metrics")
     async def metrics_page(web, request):
         for name, det in pipe.detectors.items():
