@@ -176,8 +176,8 @@ def main(argv=None) -> int:
     p.add_argument("--bins", type=int, default=10)
     p.add_argument("--sample-size", type=int, default=2000,
                    help="bounded reference sample for KS")
-    p.add_argument("--ks-method", default="kolmogorov",
-                   choices=["kolmogorov", "asymp", "auto"],
+    p.add_argument("--ks-method", default="auto",
+                   choices=["auto", "exact", "asymp"],
                    help="KS p-value method (both sides use the same)")
     p.add_argument("--numpy-inferences", type=int, default=None,
                    help="rows for the numpy recompute (default: all)")

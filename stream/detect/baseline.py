@@ -806,6 +806,7 @@ class FeatureDrift:
     n_reference: int = 0
     n_current: int = 0
     reason: str | None = None  # why the statistics are NaN, if they are
+    ks_n_reference: int = 0  # size of the reference sample the KS test used
 
     def to_dict(self) -> dict:
         d = {"feature": self.feature, "type": self.type, "psi": self.psi, "js": self.js}
@@ -867,18 +868,21 @@ def _reason(n_ref: int, n_cur: int) -> str | None:
 
 def compare(baseline: Baseline, window: SlidingWindow, *, warn: float = PSI_WARN,
             drift: float = PSI_DRIFT, eps: float = DEFAULT_EPS,
-            ks_method: str | None = "kolmogorov") -> DriftReport:
+            ks_method: str | None = "auto") -> DriftReport:
     """Compare a window with its baseline, feature by feature.
 
     Numeric: PSI and JS distance on the baseline's bins, KS statistic of the window's values
     against the bounded reference sample (exactly ``scipy.stats.ks_2samp(sample, window)``'s
-    statistic) with its p-value by ``ks_method`` (see :func:`drift_stats.ks_pvalue`:
-    ``"kolmogorov"``, the fast default, ``"asymp"``, ``"auto"`` for scipy's exact choice, or
-    None for no p-value). Categorical: PSI and JS on the top-K + other buckets, chi-square of
-    the 2 x buckets table (:func:`drift_stats.chi2_categorical`). Severity from PSI:
-    ``>= warn`` -> "warn", ``>= drift`` -> "drift"; ``drift`` is ``severity == "drift"``. A
-    feature with no non-null value on a side gets NaN statistics, severity "none" and a
-    ``reason``.
+    statistic) with its p-value by ``ks_method`` (see :func:`drift_stats.ks_pvalue`: ``"auto"``,
+    scipy's default choice of exact or asymptotic, so the pair equals
+    ``scipy.stats.ks_2samp(sample, window)``; ``"exact"``, ``"asymp"``; or None for the raw
+    statistic and no p-value, for a caller that only needs some p-values, see
+    :class:`drift_stats.KSSignificance`). Categorical: PSI and JS on the top-K + other buckets,
+    chi-square of the 2 x buckets table (:func:`drift_stats.chi2_categorical`). Severity from
+    PSI: ``>= warn`` -> "warn", ``>= drift`` -> "drift"; ``drift`` is ``severity == "drift"``.
+    A feature with no non-null value on a side gets NaN statistics, severity "none" and a
+    ``reason``. ``FeatureDrift.ks_n_reference`` is the reference sample's size (the KS test's
+    first sample), which the bounded baseline caps (``sample_size``).
     """
     if window.baseline is not baseline and (
             window.baseline.numeric_names != baseline.numeric_names
@@ -905,7 +909,8 @@ def compare(baseline: Baseline, window: SlidingWindow, *, warn: float = PSI_WARN
             sev = severity(p, warn, drift)
             out[b.name] = FeatureDrift(b.name, "numeric", p, float(js_v[i]), float(ks_d[i]),
                                        float(ks_p[i]), severity=sev, drift=sev == "drift",
-                                       n_reference=nr, n_current=nc, reason=reason)
+                                       n_reference=nr, n_current=nc, reason=reason,
+                                       ks_n_reference=int(P.n_sample[i]))
     Fc = len(baseline.categorical)
     if Fc:
         n_cur_c = window.filled - window._cat_null
@@ -979,5 +984,5 @@ def compare_columns(reference: Mapping[str, Sequence], current: Mapping[str, Seq
             sev = severity(p, warn, drift)
             feats.append(FeatureDrift(c, "numeric", p, js_distance(nb.counts, cc), d, pv,
                                       severity=sev, drift=sev == "drift", n_reference=nr,
-                                      n_current=nc, reason=_reason(nr, nc)))
+                                      n_current=nc, reason=_reason(nr, nc), ks_n_reference=nr))
     return DriftReport(feats, n_rows)

@@ -13,7 +13,9 @@ Conventions
 * ``psi`` smooths empty bins (see its docstring); ``js_distance`` needs no smoothing because
   ``0 * log 0 = 0``.
 * ``ks_2samp`` returns exactly what ``scipy.stats.ks_2samp(a, b)`` returns (``method="auto"``,
-  two-sided), with the statistic computed by one merge pass over the sorted samples.
+  two-sided), with the statistic computed by one merge pass over the sorted samples; every KS
+  p-value comes from scipy's own distributions (:func:`ks_pvalue`), never from a hand-written
+  or limiting formula.
 
 >>> round(psi([10, 20, 70], [10, 20, 70]), 12)
 0.0
@@ -39,6 +41,7 @@ __all__ = [
     "ks_2samp",
     "ks_pvalue",
     "ks_pvalues",
+    "KSSignificance",
     "chi2_categorical",
     "psi_categorical",
     "bucket_categories",
@@ -148,46 +151,14 @@ def _sample(x) -> np.ndarray:
     return a[~np.isnan(a)]
 
 
-def ks_pvalue(d: float, n1: int, n2: int, method: str = "auto") -> tuple[float, float]:
-    """Two-sided two-sample KS p-value for statistic ``d`` and sample sizes ``n1``, ``n2``.
+def _lattice(n1: int, n2: int, d: float) -> tuple[int, int]:
+    """``(h, lcm)``: ``d`` on scipy's exact lattice ``h / lcm(n1, n2)`` (as scipy rounds it)."""
+    g = math.gcd(n1, n2)
+    lcm = (n1 // g) * n2
+    return int(np.round(d * lcm)), lcm
 
-    Returns ``(statistic, pvalue)``: like scipy, the exact method reports the statistic rounded
-    to the lattice ``h / lcm(n1, n2)`` it computed the probability for.
 
-    ``method``:
-
-    * ``"auto"`` - scipy's default: exact if ``max(n1, n2) <= 10000``, else ``"asymp"``; an
-      exact computation that fails numerically also falls back to ``"asymp"``;
-    * ``"exact"`` - exact unless ``lcm(n1, n2)`` is too large (scipy's rule);
-    * ``"asymp"`` - ``scipy.stats.kstwo.sf(d, round(n1 n2 / (n1 + n2)))``, scipy's asymptotic;
-    * ``"kolmogorov"`` - the limiting Kolmogorov distribution
-      ``scipy.special.kolmogorov(sqrt(n1 n2 / (n1 + n2)) * d)`` (``kstwobign.sf``): a C ufunc,
-      microseconds per feature, within a few percent of ``"asymp"`` once ``n1 n2/(n1+n2)``
-      is in the hundreds; the streaming default.
-
-    The exact and asymptotic distributions are scipy's own (``scipy.stats._stats_py``'s
-    ``_attempt_exact_2kssamp`` and ``scipy.stats.kstwo``), so ``ks_pvalue`` with
-    ``method="auto"`` reproduces ``scipy.stats.ks_2samp``.
-
-    >>> d, p = ks_pvalue(0.5, 10, 10)
-    >>> d, round(p, 6)
-    (0.5, 0.167821)
-    >>> ks_pvalue(0.0, 5, 7)
-    (0.0, 1.0)
-    """
-    if not (n1 > 0 and n2 > 0) or math.isnan(d):
-        return math.nan, math.nan
-    n1, n2 = int(n1), int(n2)
-    d = float(d)
-    mode = method
-    if mode == "auto":
-        mode = "exact" if max(n1, n2) <= _MAX_AUTO_N else "asymp"
-    elif mode == "exact":
-        g = math.gcd(n1, n2)
-        if n1 // g >= _INT32_MAX / (n2 // g):
-            mode = "asymp"
-    elif mode not in ("asymp", "kolmogorov"):
-        raise ValueError(f"unknown KS method {method!r}")
+def _ks_pvalue_uncached(d: float, n1: int, n2: int, mode: str) -> tuple[float, float]:
     prob = math.nan
     if mode == "exact":
         if _scipy_exact_2kssamp is None:  # pragma: no cover
@@ -203,36 +174,127 @@ def ks_pvalue(d: float, n1: int, n2: int, method: str = "auto") -> tuple[float, 
         en = m * n / (m + n)
         with np.errstate(all="ignore"):  # n1 = n2 = 1 rounds en to 0: NaN, as in scipy
             prob = kstwo.sf(d, np.round(en))
-    elif mode == "kolmogorov":
-        from scipy.special import kolmogorov
-
-        en = float(n1) * float(n2) / (float(n1) + float(n2))
-        prob = kolmogorov(math.sqrt(en) * d)
     return float(d), float(np.clip(prob, 0.0, 1.0))
 
 
-def ks_pvalues(d, n1, n2, method: str = "kolmogorov") -> tuple[np.ndarray, np.ndarray]:
-    """Vectorised :func:`ks_pvalue` over arrays of statistics and sample sizes.
+#: scipy's p-values already computed: key -> (statistic, p-value); bounded (cleared when full)
+_PVALUE_CACHE: dict[tuple, tuple[float, float]] = {}
+_PVALUE_CACHE_MAX = 65536
 
-    ``"kolmogorov"`` is one ufunc call; the other methods loop over :func:`ks_pvalue`.
+
+def _mode(n1: int, n2: int, method: str) -> str:
+    if method == "auto":  # scipy.stats.ks_2samp's default rule
+        return "exact" if max(n1, n2) <= _MAX_AUTO_N else "asymp"
+    if method == "exact":
+        g = math.gcd(n1, n2)
+        return "asymp" if n1 // g >= _INT32_MAX / (n2 // g) else "exact"
+    if method == "asymp":
+        return method
+    raise ValueError(f"unknown KS method {method!r}")
+
+
+def ks_pvalue(d: float, n1: int, n2: int, method: str = "auto") -> tuple[float, float]:
+    """Two-sided two-sample KS p-value for statistic ``d`` and sample sizes ``n1``, ``n2``.
+
+    Returns ``(statistic, pvalue)``: like scipy, the exact method reports the statistic rounded
+    to the lattice ``h / lcm(n1, n2)`` it computed the probability for.
+
+    ``method`` (scipy's names and rules):
+
+    * ``"auto"`` - scipy's default: exact if ``max(n1, n2) <= 10000``, else ``"asymp"``; an
+      exact computation that fails numerically also falls back to ``"asymp"``;
+    * ``"exact"`` - exact unless ``lcm(n1, n2)`` is too large (scipy's rule);
+    * ``"asymp"`` - ``scipy.stats.kstwo.sf(d, round(n1 n2 / (n1 + n2)))``, scipy's asymptotic.
+
+    The distributions are scipy's own, not re-implemented: the exact one is the helper
+    ``scipy.stats.ks_2samp`` itself calls (``scipy.stats._stats_py._attempt_exact_2kssamp``;
+    scipy has no public function for the exact two-sample distribution) and the asymptotic one
+    is ``scipy.stats.kstwo``, so ``ks_pvalue`` with ``method="auto"`` reproduces
+    ``scipy.stats.ks_2samp``. Results are memoised (the exact p-value depends only on
+    ``n1``, ``n2`` and the lattice point), since the exact computation costs milliseconds.
+
+    >>> d, p = ks_pvalue(0.5, 10, 10)
+    >>> d, round(p, 6)
+    (0.5, 0.167821)
+    >>> ks_pvalue(0.0, 5, 7)
+    (0.0, 1.0)
+    """
+    if not (n1 > 0 and n2 > 0) or math.isnan(d):
+        return math.nan, math.nan
+    n1, n2 = int(n1), int(n2)
+    d = float(d)
+    mode = _mode(n1, n2, method)
+    key = (n1, n2, mode, _lattice(n1, n2, d)[0] if mode == "exact" else d)
+    hit = _PVALUE_CACHE.get(key)
+    if hit is None:
+        if len(_PVALUE_CACHE) >= _PVALUE_CACHE_MAX:
+            _PVALUE_CACHE.clear()
+        hit = _PVALUE_CACHE[key] = _ks_pvalue_uncached(d, n1, n2, mode)
+    return hit
+
+
+def ks_pvalues(d, n1, n2, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ks_pvalue` over arrays of statistics and sample sizes.
+
     Returns ``(statistics, pvalues)`` (NaN where a size is 0 or ``d`` is NaN).
     """
     d = np.asarray(d, dtype=np.float64)
     n1 = np.broadcast_to(np.asarray(n1, dtype=np.float64), d.shape)
     n2 = np.broadcast_to(np.asarray(n2, dtype=np.float64), d.shape)
-    if method == "kolmogorov":
-        from scipy.special import kolmogorov
-
-        ok = (n1 > 0) & (n2 > 0) & ~np.isnan(d)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            en = np.where(ok, n1 * n2 / np.where(ok, n1 + n2, 1.0), np.nan)
-            p = np.clip(kolmogorov(np.sqrt(en) * d), 0.0, 1.0)
-        return np.where(ok, d, np.nan), np.where(ok, p, np.nan)
     out_d = np.empty(d.shape)
     out_p = np.empty(d.shape)
     for i in np.ndindex(d.shape):
         out_d[i], out_p[i] = ks_pvalue(d[i], n1[i], n2[i], method)
     return out_d, out_p
+
+
+class KSSignificance:
+    """Decides ``ks_pvalue(d, n1, n2)[1] < alpha`` with as few p-value computations as possible.
+
+    The two-sided p-value is non-increasing in ``d`` for fixed sample sizes, so per
+    ``(n1, n2)`` this remembers the smallest statistic found significant and the largest
+    found not significant; a query between the two computes the p-value with
+    :func:`ks_pvalue` (scipy's distributions, ``method``) and narrows them. The decisions are
+    those of the exact p-value; a stream's comparisons cost one or two exact computations
+    per sample-size pair instead of one per feature per comparison. Bounded: at most
+    ``max_pairs`` size pairs are remembered (cleared when full).
+
+    >>> sig = KSSignificance(1e-3)
+    >>> sig(0.5, 100, 100), sig(0.1, 100, 100), sig(0.6, 100, 100)
+    (True, False, True)
+    >>> sig.computed
+    2
+    """
+
+    __slots__ = ("alpha", "method", "bounds", "computed", "max_pairs")
+
+    def __init__(self, alpha: float, method: str = "auto", max_pairs: int = 4096):
+        self.alpha = float(alpha)
+        self.method = method
+        self.bounds: dict[tuple[int, int], list[float]] = {}  # (n1, n2) -> [not-sig max, sig min]
+        self.computed = 0
+        self.max_pairs = max_pairs
+
+    def __call__(self, d: float, n1: int, n2: int) -> bool:
+        if not (n1 > 0 and n2 > 0) or math.isnan(d):
+            return False
+        key = (int(n1), int(n2))
+        b = self.bounds.get(key)
+        if b is None:
+            if len(self.bounds) >= self.max_pairs:
+                self.bounds.clear()
+            b = self.bounds[key] = [-math.inf, math.inf]
+        if d >= b[1]:
+            return True
+        if d <= b[0]:
+            return False
+        self.computed += 1
+        sig = ks_pvalue(d, key[0], key[1], self.method)[1] < self.alpha
+        if sig:
+            b[1] = d
+        else:
+            b[0] = d
+        return sig
 
 
 def ks_2samp(a, b, method: str = "auto") -> tuple[float, float]:

@@ -42,6 +42,7 @@ import numpy as np
 import orjson
 
 from stream.detect.baseline import Baseline, BaselineBuilder, DriftReport, SlidingWindow, compare
+from stream.detect.drift_stats import KSSignificance, ks_pvalue
 from stream.detect.engine import alert_id
 from stream.detect.monitor_spec import MonitorSpec, spec_for
 
@@ -53,6 +54,8 @@ STATE_VERSION = 1
 SIGNIFICANCE = 1e-3
 #: fewest non-null current values for a feature to be judged at all.
 MIN_CURRENT = 30
+#: ``ks_pvalue(d, n1, n2)[1] < SIGNIFICANCE`` (scipy's exact / asymptotic choice), remembered per size pair
+_KS_SIGNIFICANT = KSSignificance(SIGNIFICANCE)
 _TS_RING = 4096  # event times of recent joined pairs (for the change point)
 _MAX_NEW_FIELDS = 256  # distinct unknown field names tallied per schema check
 
@@ -299,22 +302,33 @@ class VersionMonitor:
 
     # ------------------------------------------------------------------ drift
     def _judge(self, report: DriftReport) -> tuple[list[str], list[str]]:
-        """(drifted, warned) features: PSI over the threshold, significant, enough current values."""
+        """(drifted, warned) features: PSI over the threshold, significant, enough current values.
+
+        Significance is decided on the exact p-value (:data:`_KS_SIGNIFICANT`), only for features
+        whose PSI reached ``psi_warn``; the p-values themselves are computed for the features an
+        alert reports (:meth:`_drift_alert`).
+        """
         drifted, warned = [], []
+        warn, drift = self.spec.psi_warn, self.spec.psi_drift
         for f in report.features:
-            p = f.ks_pvalue if f.type == "numeric" else f.chi2_pvalue
-            if not (f.n_current >= MIN_CURRENT and math.isfinite(f.psi)):
+            if not (f.n_current >= MIN_CURRENT and f.psi >= warn):  # NaN PSI compares False
                 continue
-            significant = math.isfinite(p) and p < SIGNIFICANCE
-            if f.psi >= self.spec.psi_drift and significant:
+            if f.type == "numeric":
+                significant = _KS_SIGNIFICANT(f.ks_stat, f.ks_n_reference, f.n_current)
+            else:
+                significant = math.isfinite(f.chi2_pvalue) and f.chi2_pvalue < SIGNIFICANCE
+            if not significant:
+                continue
+            if f.psi >= drift:
                 drifted.append(f.feature)
-            elif f.psi >= self.spec.psi_warn and significant:
+            else:
                 warned.append(f.feature)
         return drifted, warned
 
     def _drift(self, kind: str, base: Baseline, window: SlidingWindow) -> list[dict]:
         spec = self.spec
-        report = compare(base, window, warn=spec.psi_warn, drift=spec.psi_drift)
+        # KS statistics only: p-values are computed below for what an alert reports
+        report = compare(base, window, warn=spec.psi_warn, drift=spec.psi_drift, ks_method=None)
         drifted, warned = self._judge(report)
         inc = self.incidents[kind]
         if inc is None:
@@ -375,7 +389,11 @@ class VersionMonitor:
             if f.feature not in drifted and f.feature not in warned:
                 continue
             b = base[f.feature]
+            if f.type == "numeric":  # scipy.stats.ks_2samp(reference sample, window)'s pair
+                f.ks_stat, f.ks_pvalue = ks_pvalue(f.ks_stat, f.ks_n_reference, f.n_current)
             d = f.to_dict()
+            if f.type == "numeric":
+                d["ks_reference_sample"] = f.ks_n_reference
             d = {k: (_f(v) if isinstance(v, float) else v) for k, v in d.items()}
             d["severity"] = "drift" if f.feature in drifted else "warn"
             d["drift"] = f.feature in drifted
