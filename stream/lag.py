@@ -26,10 +26,18 @@ The worker runs one monitor for its own group and its input topics in a daemon t
 (:func:`start_in_thread`), reporting only the partitions assigned to it so that several workers'
 series add up; ``stream lag-exporter`` runs one for any groups, over every partition they have
 offsets for.
+
+**Isolation.** librdkafka's AdminClient can abort the whole process on an internal assertion
+when the broker restarts under it (``rd_kafka_enq_once_del_source_return``,
+confluentinc/librdkafka#4605, seen in 3 of 6 broker-restart runs). A monitor built with
+``isolated=True`` (the worker's and the exporter's) therefore makes its broker calls from a
+small child process (:class:`_ProbeProcess`): an abort kills only the child, the poll reports
+the broker as unreachable (``stream_consumer_lag_up`` 0) and the next poll starts a new child.
 """
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 import time
 import uuid
@@ -93,7 +101,7 @@ class LagMonitor:
     def __init__(self, settings: Settings, groups: Iterable[str], *, gauges: tuple[Gauge, Gauge, Gauge],
                  topics: Iterable[str] | None = None,
                  partitions: Callable[[], set[tuple[str, int]]] | None = None,
-                 timeout: float = 10.0, clock: Callable[[], float] = time.time):
+                 timeout: float = 10.0, clock: Callable[[], float] = time.time, isolated: bool = False):
         self.settings = settings
         self.groups = list(groups)
         self.topics = set(topics) if topics is not None else None
@@ -105,6 +113,13 @@ class LagMonitor:
         self._consumer = None
         self._ts_cache: dict[tuple[str, int, int], float] = {}  # (topic, partition, offset) -> record ts
         self._reported: dict[str, set[tuple[str, str]]] = {g: set() for g in self.groups}
+        self._probe = _ProbeProcess(settings, timeout, self.topics) if isolated else None
+
+    def _call(self, method: str, *args):
+        """A broker call, made here or (isolated) in the probe process."""
+        if self._probe is not None:
+            return self._probe.call(method, *args)
+        return getattr(self, method)(*args)
 
     # -- clients ---------------------------------------------------------------------------
     def _admin_client(self):
@@ -128,6 +143,8 @@ class LagMonitor:
         return self._consumer
 
     def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
@@ -235,18 +252,18 @@ class LagMonitor:
         return rows
 
     def _poll_group(self, group: str) -> list[PartitionLag]:
-        committed = self.committed(group)
+        committed = self._call("committed", group)
         if self.partitions is None:
             # partitions assigned to the group's members but never committed yet count too, except
             # Faust's own: table changelogs (read for recovery, never committed) and the assignor topic
-            for tp in self.assigned(group):
+            for tp in self._call("assigned", group):
                 if not _faust_internal(tp[0]):
                     committed.setdefault(tp, -1)
         else:
             mine = self.partitions()
             committed = {tp: committed.get(tp, -1) for tp in mine
                          if self.topics is None or tp[0] in self.topics}
-        marks = self.watermarks(committed)
+        marks = self._call("watermarks", list(committed))
         now = self.clock()
         lagging: dict[tuple[str, int], int] = {}
         rows = []
@@ -258,7 +275,7 @@ class LagMonitor:
                 lagging[tp] = max(pos, start)
             rows.append(PartitionLag(group, tp[0], tp[1], off, start, end, lag, 0.0))
         try:
-            times = self._record_times(lagging) if lagging else {}
+            times = self._call("_record_times", lagging) if lagging else {}
         except Exception as exc:  # noqa: BLE001 - lag in messages is still worth reporting
             log.warning("consumer lag: cannot read record timestamps: %s", exc)
             times = {}
@@ -318,3 +335,101 @@ def start_in_thread(monitor: LagMonitor, interval: float = 5.0) -> tuple[threadi
                           name="stream-lag-monitor", daemon=True)
     th.start()
     return th, stop
+
+
+class _ProbeProcess:
+    """Runs a :class:`LagMonitor`'s broker calls in a child process, started (again) on demand.
+
+    The child is spawned, not forked (the parent runs threads and an event loop), and is a daemon:
+    it dies with the parent. A call that finds the child dead, or whose child dies during the call,
+    raises :class:`LagError` with the child's exit code; the next call starts a new child.
+    """
+
+    def __init__(self, settings: Settings, timeout: float, topics: set[str] | None):
+        self.settings = settings
+        self.timeout = timeout
+        self.topics = topics
+        self.proc = None
+        self.conn = None
+        self.restarts = 0
+        self._lock = threading.Lock()
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_probe_main, args=(child, self.settings, self.timeout, self.topics),
+                                name="stream-lag-probe", daemon=True)
+        self.proc.start()
+        child.close()
+        self.conn = parent
+
+    def _reap(self) -> int | None:
+        proc, self.proc = self.proc, None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if proc is None:
+            return None
+        proc.join(timeout=1.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=1.0)
+        return proc.exitcode
+
+    def call(self, method: str, *args):
+        with self._lock:
+            if self.proc is None or not self.proc.is_alive():
+                if self.proc is not None:
+                    code = self._reap()
+                    self.restarts += 1
+                    log.warning("consumer lag: probe process had exited (code %s); starting a new one", code)
+                self._start()
+            try:
+                self.conn.send((method, args))
+                # the child's own calls time out after ~2x timeout (request + result); leave room for its start
+                if not self.conn.poll(4 * self.timeout + 30):
+                    code = self._reap()
+                    raise LagError(f"lag probe did not answer {method} in time (killed, exit code {code})")
+                ok, value = self.conn.recv()
+            except (EOFError, OSError, BrokenPipeError):
+                code = self._reap()
+                self.restarts += 1
+                raise LagError(f"lag probe process died during {method} (exit code {code}; librdkafka aborts "
+                               "on some broker restarts, confluentinc/librdkafka#4605); a new one starts at the "
+                               "next poll") from None
+            if ok:
+                return value
+            raise LagError(value)
+
+    def close(self) -> None:
+        with self._lock:
+            if self.conn is not None:
+                try:
+                    self.conn.send(None)
+                except (OSError, BrokenPipeError):
+                    pass
+            self._reap()
+
+
+def _probe_main(conn, settings: Settings, timeout: float, topics: set[str] | None) -> None:
+    """The probe process: answers (method, args) requests with (ok, result or error text)."""
+    from prometheus_client import CollectorRegistry
+
+    mon = LagMonitor(settings, [], gauges=make_gauges(CollectorRegistry()), timeout=timeout, topics=topics)
+    try:
+        while True:
+            try:
+                req = conn.recv()
+            except (EOFError, OSError):
+                return
+            if req is None:
+                return
+            method, args = req
+            try:
+                conn.send((True, getattr(mon, method)(*args)))
+            except LagError as exc:
+                conn.send((False, str(exc)))
+            except Exception as exc:  # noqa: BLE001 - reported to the parent as a failed poll
+                conn.send((False, f"{type(exc).__name__}: {exc}"))
+    finally:
+        mon.close()

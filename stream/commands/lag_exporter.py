@@ -46,7 +46,7 @@ def run(args) -> int:
         print(f"stream lag-exporter: cannot listen on {args.bind}:{args.port}: {exc.strerror} "
               "(choose another --port, or --bind)", file=sys.stderr)
         return 2
-    mon = LagMonitor(s, args.group, gauges=gauges, topics=args.topic)
+    mon = LagMonitor(s, args.group, gauges=gauges, topics=args.topic, isolated=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"stream lag-exporter: serving lag of group(s) {', '.join(args.group)} at "

@@ -165,3 +165,60 @@ def test_worker_names_a_web_port_in_use():
                                                         "STREAM_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert res.returncode == 2, res.stderr
     assert f"127.0.0.1:{port}" in res.stderr and "STREAM_WEB_PORT" in res.stderr
+
+
+def test_isolated_lag_monitor_survives_its_probe_process_dying(kafka_bootstrap):
+    """librdkafka#4605 can abort the process that runs the AdminClient; the worker's monitor runs it
+    in a child process instead: a dead child is one failed poll (up 0), and the next poll works."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from confluent_kafka import Producer
+
+    from stream.lag import LagError, LagMonitor, make_gauges
+    from stream.settings import Settings
+
+    topic = f"lagprobe-{os.getpid()}-{int(time.time())}"
+    p = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(7):
+        p.produce(topic, value=b"x%d" % i)
+    p.flush(30)
+    reg = CollectorRegistry()
+    mon = LagMonitor(Settings.load({"STREAM_BOOTSTRAP_SERVERS": kafka_bootstrap}), ["g-never-committed"],
+                     gauges=make_gauges(reg), topics={topic}, partitions=lambda: {(topic, 0)}, isolated=True)
+    try:
+        rows = mon.poll()
+        assert [(r.topic, r.messages) for r in rows] == [(topic, 7)]
+        child = mon._probe.proc
+        assert child is not None and child.pid != os.getpid()
+        os.kill(child.pid, signal.SIGABRT)  # what librdkafka's assertion does
+        child.join(10)
+        rows = mon.poll()  # finds the probe dead, says so, and polls through a new one
+        assert [(r.topic, r.messages) for r in rows] == [(topic, 7)]
+        assert mon._probe.proc.pid != child.pid and mon._probe.restarts == 1
+        assert 'stream_consumer_lag_up{group="g-never-committed"} 1.0' in generate_latest(reg).decode()
+        # a child that dies *during* a call: that poll fails (up 0, exit code named), the next works
+        os.kill(mon._probe.proc.pid, signal.SIGKILL)
+        mon._probe.proc.join(10)
+        mon._probe.proc = _AliveOnce(mon._probe.proc)  # looks alive until the call finds it dead
+        with pytest.raises(LagError) as exc:
+            mon.poll()
+        assert "exit code" in str(exc.value)
+        assert 'stream_consumer_lag_up{group="g-never-committed"} 0.0' in generate_latest(reg).decode()
+        assert [(r.topic, r.messages) for r in mon.poll()] == [(topic, 7)]
+    finally:
+        mon.close()
+    assert mon._probe.proc is None
+
+
+class _AliveOnce:
+    """A dead process that reports itself alive once (the race of a child dying mid-call)."""
+
+    def __init__(self, proc):
+        self._proc, self._alive = proc, True
+
+    def is_alive(self):
+        alive, self._alive = self._alive, False
+        return alive
+
+    def __getattr__(self, name):
+        return getattr(self._proc, name)
