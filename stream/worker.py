@@ -161,7 +161,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
             return {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
 
         inputs = {s.topic_metrics, s.topic_inferences, s.topic_feedback, entity_topic.get_topic_name()}
-        start_in_thread(LagMonitor(s, [s.app_id], gauges=(m.LAG_MESSAGES, m.LAG_SECONDS, m.LAG_UP),
+        start_in_thread(LagMonitor(s, [s.app_id], gauges=(m.LAG_MESSAGES, m.LAG_SECONDS, m.LAG_UP), isolated=True,
                                    topics=inputs, partitions=assigned), interval=5.0)
 
     processing = m.PROCESSING
