@@ -98,14 +98,16 @@ class Detector:
 
     # ------------------------------------------------------------------------ ingest
     def ingest(self, metric: str, labels: dict[str, str], ts: float, value: float, *, offset: int = -1,
-               partition: int = -1, lane: int = 0) -> list[dict]:
+               partition: int = -1, lane: int = 0, entity: tuple[str, dict[str, str]] | None = None) -> list[dict]:
         """Fold one sample in; returns the alerts of the windows its event time closes.
 
         A window closes when the entity's own event time passes its end plus the allowed
         lateness (so replayed history and interleaved partitions work); :meth:`advance` closes
         the windows of entities that went quiet.
         """
-        hit = self.spec.entity_of(metric, labels)
+        # ``entity``: the (entity id, entity labels) the caller already resolved with this spec's
+        # entity_of (the worker routes by entity before the sample gets here)
+        hit = entity if entity is not None else self.spec.entity_of(metric, labels)
         if hit is None:
             return []
         eid, elabels = hit
