@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
+from stream.detect._binning import features_ok
 from stream.events import Rejection, encode_item, parse_json
 
 _MODEL_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -87,6 +88,31 @@ def _target(v: Any, key: str, reason: str) -> Any:
     return v
 
 
+def _feature_problem(feats: dict) -> tuple[str, str] | None:
+    """The first invalid feature of an inference as ``(reason, message)``, or None."""
+    for k, v in feats.items():
+        if not k or len(k) > MAX_NAME:
+            return "bad_features", f"feature name {k!r:.60} must have 1 to {MAX_NAME} characters"
+        if v is None or isinstance(v, bool):
+            continue
+        if isinstance(v, int):
+            try:
+                float(v)
+            except OverflowError:
+                return "non_finite", f"feature {k!r:.60} is beyond the range of a double"
+            continue
+        if isinstance(v, float):
+            if not math.isfinite(v):
+                return "non_finite", f"feature {k!r:.60} must be finite, got {v}"
+            continue
+        if isinstance(v, str):
+            if len(v) > MAX_STRING:
+                return "bad_features", f"feature {k!r:.60} is longer than {MAX_STRING} characters"
+            continue
+        return "bad_features", f"feature {k!r:.60} must be a number, string, boolean or null, got {type(v).__name__}"
+    return None
+
+
 def _check_inference(obj: Any) -> Inference | tuple[str, str]:
     if not isinstance(obj, dict):
         return "wrong_shape", f"an inference must be a JSON object, got {type(obj).__name__}"
@@ -113,20 +139,10 @@ def _check_inference(obj: Any) -> Inference | tuple[str, str]:
         return "bad_features", f"'features' must be an object, got {type(feats).__name__}"
     if len(feats) > MAX_FEATURES:
         return "bad_features", f"at most {MAX_FEATURES} features, got {len(feats)}"
-    for k, v in feats.items():
-        if not k or len(k) > MAX_NAME:
-            return "bad_features", f"feature name {k!r:.60} must have 1 to {MAX_NAME} characters"
-        if v is None or isinstance(v, (bool, int)):
-            continue
-        if isinstance(v, float):
-            if not math.isfinite(v):
-                return "non_finite", f"feature {k!r:.60} must be finite, got {v}"
-            continue
-        if isinstance(v, str):
-            if len(v) > MAX_STRING:
-                return "bad_features", f"feature {k!r:.60} is longer than {MAX_STRING} characters"
-            continue
-        return "bad_features", f"feature {k!r:.60} must be a number, string, boolean or null, got {type(v).__name__}"
+    if not features_ok(feats, MAX_NAME, MAX_STRING):  # compiled fast path; the loop names the problem
+        bad = _feature_problem(feats)
+        if bad is not None:
+            return bad
     pred = _target(obj["prediction"], "prediction", "bad_prediction")
     if isinstance(pred, tuple):
         return pred

@@ -22,7 +22,7 @@ Layout conventions (all C-contiguous):
 """
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport log, sqrt, fabs, NAN, isnan
+from libc.math cimport log, sqrt, fabs, NAN, INFINITY, isnan
 
 cnp.import_array()
 
@@ -31,15 +31,17 @@ ctypedef cnp.int64_t i64
 
 
 cdef inline Py_ssize_t _lower(const double* a, Py_ssize_t n, double v) noexcept nogil:
-    """Number of a[i] < v (a sorted ascending)."""
-    cdef Py_ssize_t lo = 0, hi = n, mid
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] < v:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
+    """Number of a[i] < v (a sorted ascending, v not NaN): a branch-free lower bound."""
+    cdef const double* base = a
+    cdef Py_ssize_t half
+    if n <= 0:
+        return 0
+    while n > 1:
+        half = n >> 1
+        if base[half - 1] < v:  # compiled to a conditional move
+            base = base + half
+        n -= half
+    return (base - a) + (base[0] < v)
 
 
 def bin_values(const double[:, ::1] X, const double[:, ::1] inner, const i32[::1] n_inner,
@@ -77,6 +79,26 @@ def cell_values(const double[:, ::1] X, const double[:, ::1] uniq, const i32[::1
                         out[r, f] = <i32>(2 * k)
 
 
+DEF LANES = 8
+
+
+cdef inline void _lower_lanes(const double* a, Py_ssize_t n, const double* v,
+                              Py_ssize_t* out) noexcept nogil:
+    """``_lower`` for LANES values at once: independent search chains the CPU overlaps."""
+    cdef Py_ssize_t j, half
+    for j in range(LANES):
+        out[j] = 0
+    if n <= 0:
+        return
+    while n > 1:
+        half = n >> 1
+        for j in range(LANES):
+            out[j] += half * (a[out[j] + half - 1] < v[j])
+        n -= half
+    for j in range(LANES):
+        out[j] += (a[out[j]] < v[j])
+
+
 def window_update_numeric(const double[:, ::1] X,
                           const double[:, ::1] inner, const i32[::1] n_inner,
                           const double[:, ::1] uniq, const i32[::1] n_uniq,
@@ -86,42 +108,64 @@ def window_update_numeric(const double[:, ::1] X,
     """Push the rows of ``X`` into a count-based ring of ``ring_vals.shape[0]`` rows.
 
     Evicted rows are subtracted from the bin/cell/null counters before the new row is added.
-    Returns the new ``(pos, filled)``.
+    Features are independent, so the batch is processed feature by feature (one feature's
+    edges and reference points stay in cache), and the binary searches of ``LANES`` rows are
+    interleaved. Returns the new ``(pos, filled)``.
     """
     cdef Py_ssize_t W = ring_vals.shape[0], F = X.shape[1], R = X.shape[0]
-    cdef Py_ssize_t r, f, b, c, k, m
+    cdef Py_ssize_t r, r0, j, blk, f, b, c, k, m, ni, p, fl
     cdef double v
+    cdef double vals[LANES]
+    cdef Py_ssize_t bins[LANES]
+    cdef Py_ssize_t ks[LANES]
+    cdef const double* edges
+    cdef const double* pts
     if F != ring_vals.shape[1]:
         raise ValueError(f"batch has {F} numeric columns, window has {ring_vals.shape[1]}")
     with nogil:
+        for f in range(F):
+            edges = &inner[f, 0]
+            ni = n_inner[f]
+            pts = &uniq[f, 0]
+            m = n_uniq[f]
+            p = pos
+            fl = filled
+            for r0 in range(0, R, LANES):
+                blk = R - r0
+                if blk > LANES:
+                    blk = LANES
+                for j in range(LANES):
+                    vals[j] = X[r0 + j, f] if j < blk else 0.0
+                _lower_lanes(edges, ni, vals, bins)
+                _lower_lanes(pts, m, vals, ks)
+                for j in range(blk):
+                    if fl == W:
+                        b = ring_bins[p, f]
+                        if b < 0:
+                            null_counts[f] -= 1
+                        else:
+                            bin_counts[f, b] -= 1
+                            cell_counts[f, ring_cells[p, f]] -= 1
+                    v = vals[j]
+                    ring_vals[p, f] = v
+                    if isnan(v):
+                        ring_bins[p, f] = -1
+                        ring_cells[p, f] = -1
+                        null_counts[f] += 1
+                    else:
+                        b = bins[j]
+                        k = ks[j]
+                        c = 2 * k + (k < m and pts[k] == v)
+                        ring_bins[p, f] = <i32>b
+                        ring_cells[p, f] = <i32>c
+                        bin_counts[f, b] += 1
+                        cell_counts[f, c] += 1
+                    p += 1
+                    if p == W:
+                        p = 0
+                    if fl < W:
+                        fl += 1
         for r in range(R):
-            if filled == W:
-                for f in range(F):
-                    b = ring_bins[pos, f]
-                    if b < 0:
-                        null_counts[f] -= 1
-                    else:
-                        bin_counts[f, b] -= 1
-                        cell_counts[f, ring_cells[pos, f]] -= 1
-            for f in range(F):
-                v = X[r, f]
-                ring_vals[pos, f] = v
-                if isnan(v):
-                    ring_bins[pos, f] = -1
-                    ring_cells[pos, f] = -1
-                    null_counts[f] += 1
-                else:
-                    b = _lower(&inner[f, 0], n_inner[f], v)
-                    m = n_uniq[f]
-                    k = _lower(&uniq[f, 0], m, v)
-                    if k < m and uniq[f, k] == v:
-                        c = 2 * k + 1
-                    else:
-                        c = 2 * k
-                    ring_bins[pos, f] = <i32>b
-                    ring_cells[pos, f] = <i32>c
-                    bin_counts[f, b] += 1
-                    cell_counts[f, c] += 1
             pos += 1
             if pos == W:
                 pos = 0
@@ -167,37 +211,47 @@ def ks_from_cells(const i64[:, ::1] cell_counts, const i64[:, ::1] ucum, const i
     """Two-sample KS statistic of each feature's window against its reference sample.
 
     ``ucum[f, k]`` is the number of reference-sample values ``<= u_k``. The ECDF difference is
-    evaluated exactly where ``scipy.stats.ks_2samp`` evaluates it (at every data point, as
-    ``count_ref/n_ref - count_cur/n_cur``), so the maximum is the same float. NaN where either
-    side is empty.
+    evaluated where ``scipy.stats.ks_2samp`` evaluates it (at every data point): the scan
+    compares ``|count_ref * n_cur - count_cur * n_ref|`` in exact integer arithmetic and the
+    result is ``|count_ref / n_ref - count_cur / n_cur|`` in floating point at the maximum, as
+    scipy computes it. NaN where either side is empty.
     """
     cdef Py_ssize_t f, k, m, F = cell_counts.shape[0]
-    cdef i64 c, prev, cnt
-    cdef double n1, n2, d, x
+    cdef i64 c, prev, cnt, n1, n2, t, best, bp, bc
     with nogil:
         for f in range(F):
             if n_ref[f] <= 0 or n_cur[f] <= 0:
                 out[f] = NAN
                 continue
-            n1 = <double>n_ref[f]
-            n2 = <double>n_cur[f]
+            n1 = n_ref[f]
+            n2 = n_cur[f]
             m = n_uniq[f]
             c = 0
             prev = 0
-            d = 0.0
+            best = 0
+            bp = 0
+            bc = 0
             for k in range(m):
                 cnt = cell_counts[f, 2 * k]
                 if cnt > 0:  # window points strictly between u_{k-1} and u_k
                     c += cnt
-                    x = fabs(prev / n1 - c / n2)
-                    if x > d:
-                        d = x
+                    t = prev * n2 - c * n1
+                    if t < 0:
+                        t = -t
+                    if t > best:
+                        best = t
+                        bp = prev
+                        bc = c
                 c += cell_counts[f, 2 * k + 1]
                 prev = ucum[f, k]
-                x = fabs(prev / n1 - c / n2)
-                if x > d:
-                    d = x
-            out[f] = d
+                t = prev * n2 - c * n1
+                if t < 0:
+                    t = -t
+                if t > best:
+                    best = t
+                    bp = prev
+                    bc = c
+            out[f] = fabs(bp / <double>n1 - bc / <double>n2)
 
 
 def ks_stat_sorted(const double[::1] a, const double[::1] b):
@@ -260,3 +314,123 @@ def psi_js(const i64[:, ::1] ref, const i64[:, ::1] cur, const i32[::1] n_bins, 
             elif js > 1.0:
                 js = 1.0
             js_out[f] = sqrt(js)
+
+
+# ------------------------------------------------------------------ per-event record scans
+# Contract type codes of a JSON value (``stream.detect.monitor.type_of``): null, number, string, bool.
+cdef enum:
+    T_NULL = 0
+    T_NUMBER = 1
+    T_STRING = 2
+    T_BOOL = 3
+
+from cpython.dict cimport PyDict_GetItem, PyDict_Next
+from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_GET_LENGTH
+
+
+cdef inline int _type_code(object v):
+    if v is None:
+        return T_NULL
+    if type(v) is float or type(v) is int:
+        return T_NUMBER
+    if type(v) is bool:
+        return T_BOOL
+    if isinstance(v, bool):
+        return T_BOOL
+    if isinstance(v, (int, float)):
+        return T_NUMBER
+    return T_STRING
+
+
+def features_ok(dict feats, Py_ssize_t max_name, Py_ssize_t max_string):
+    """True if every feature of a decoded inference is valid (the decoder's fast path).
+
+    Valid: a name of 1 to ``max_name`` characters and a value that is null, a bool, an integer
+    or float of finite double value, or a string of at most ``max_string`` characters. False
+    sends the caller to its Python check, which names the problem.
+    """
+    cdef Py_ssize_t pos = 0, n
+    cdef PyObject* kp
+    cdef PyObject* vp
+    cdef object k, v
+    cdef double x
+    while PyDict_Next(feats, &pos, &kp, &vp):
+        k = <object>kp
+        v = <object>vp
+        if type(k) is not str:
+            return False
+        n = PyUnicode_GET_LENGTH(k)
+        if n < 1 or n > max_name:
+            return False
+        if v is None or type(v) is bool:
+            continue
+        if type(v) is float:
+            x = v
+            if isnan(x) or x == INFINITY or x == -INFINITY:
+                return False
+            continue
+        if type(v) is int:
+            try:
+                x = v  # PyLong_AsDouble: OverflowError beyond the double range
+            except OverflowError:
+                return False
+            continue
+        if type(v) is str:
+            if PyUnicode_GET_LENGTH(v) > max_string:
+                return False
+            continue
+        return False
+    return True
+
+
+def scan_records(list records, tuple names, const i32[::1] expected, const i32[::1] numcol,
+                 double[:, ::1] X, i64[:, ::1] tally, object to_float):
+    """One pass over a batch of feature mappings: schema tallies and the numeric matrix.
+
+    For row ``r`` and contract field ``f`` (``names[f]``, expected type code ``expected[f]``):
+    ``tally[f, 0]`` counts rows without the field, ``tally[f, 1 + t]`` rows whose value has type
+    code ``t`` (null, number, string, bool). If ``numcol[f] >= 0`` the value goes to
+    ``X[r, numcol[f]]`` as a float (numbers directly; null / absent -> NaN; anything else
+    through ``to_float``). Returns the indices of the rows holding fields outside ``names``.
+    """
+    cdef Py_ssize_t R = len(records), F = len(names), r, f, present, c
+    cdef PyObject* vp
+    cdef object d, v, name
+    cdef int t
+    cdef list extra = []
+    if X.shape[0] < R or tally.shape[0] < F or tally.shape[1] < 5:
+        raise ValueError("output arrays too small")
+    for r in range(R):
+        d = records[r]
+        if type(d) is not dict:
+            d = dict(d)
+        present = 0
+        for f in range(F):
+            name = names[f]
+            vp = PyDict_GetItem(d, name)
+            c = numcol[f]
+            if vp == NULL:
+                tally[f, 0] += 1
+                if c >= 0:
+                    X[r, c] = NAN
+                continue
+            present += 1
+            v = <object>vp
+            t = _type_code(v)
+            tally[f, 1 + t] += 1
+            if c >= 0:
+                if t == T_NULL:
+                    X[r, c] = NAN
+                elif t == T_NUMBER and type(v) is float:
+                    X[r, c] = <double>v
+                elif t == T_NUMBER and type(v) is int:
+                    try:
+                        X[r, c] = <double>v
+                    except OverflowError:
+                        X[r, c] = <double>to_float(v)
+                else:
+                    X[r, c] = <double>to_float(v)
+        if len(d) > present:
+            extra.append(r)
+    return extra

@@ -150,6 +150,8 @@ def _to_float(v) -> float:
         return math.nan if v is None else float(v)
     try:
         return float(v)
+    except OverflowError:  # an integer beyond the double range
+        return math.copysign(math.inf, v)
     except (TypeError, ValueError):
         return math.nan
 

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from stream.detect.baseline import Baseline, BaselineBuilder, DriftReport, SlidingWindow, compare
+from stream.detect import _binning
+from stream.detect.baseline import Baseline, BaselineBuilder, DriftReport, SlidingWindow, _to_float, compare
 from stream.detect.drift_stats import KSSignificance, ks_pvalue
 from stream.detect.engine import alert_id
 from stream.detect.monitor_spec import MonitorSpec, spec_for
@@ -58,6 +59,11 @@ MIN_CURRENT = 30
 _KS_SIGNIFICANT = KSSignificance(SIGNIFICANCE)
 _TS_RING = 4096  # event times of recent joined pairs (for the change point)
 _MAX_NEW_FIELDS = 256  # distinct unknown field names tallied per schema check
+
+
+#: contract type -> the type code of ``_binning.scan_records`` (and back)
+_TYPE_CODES = {None: 0, "number": 1, "string": 2, "bool": 3}
+_TYPE_NAMES = {v: k for k, v in _TYPE_CODES.items()}
 
 
 def type_of(v: Any) -> str | None:
@@ -255,8 +261,19 @@ class VersionMonitor:
     def _freeze(self, frozen: _Frozen) -> None:
         self.frozen = frozen
         self.rows = []
+        self._field_table()
         self.window = SlidingWindow(frozen.inputs, self.spec.window)
         self.pwindow = SlidingWindow(frozen.preds, self.spec.window) if (frozen.preds is not None and self.spec.prediction) else None
+
+    def _field_table(self) -> None:
+        frozen = self.frozen
+        # the contract's fields, their expected type code and their column in the numeric window,
+        # for the compiled per-batch scan (_binning.scan_records)
+        self._fields = tuple(frozen.contract)
+        self._expected = np.array([_TYPE_CODES.get(frozen.contract[k]["type"], -1) for k in self._fields],
+                                  dtype=np.int32)
+        col = {n: i for i, n in enumerate(frozen.inputs.numeric_names)}
+        self._numcol = np.array([col.get(k, -1) for k in self._fields], dtype=np.int32)
 
     # ------------------------------------------------------------------ inferences
     def observe(self, features: Mapping, prediction: Any, score: float | None, ts: float,
@@ -280,19 +297,29 @@ class VersionMonitor:
             return []
         rows, self.pending = self.pending, []
         out: list[dict] = []
+        n = len(rows)
+        feats = [r[0] for r in rows]
+        inputs = self.frozen.inputs
+        X = np.full((n, len(inputs.numeric)), np.nan)
+        tally = np.zeros((len(self._fields), 5), dtype=np.int64)
+        extra = _binning.scan_records(feats, self._fields, self._expected, self._numcol, X, tally, _to_float)
         if self.spec.schema.enabled:
-            a = self._schema_check(rows)
+            a = self._schema_check(rows, tally, extra)
             if a is not None:
                 out.append(a)
-        self.window.update_records([r[0] for r in rows])
+        codes = None
+        if inputs.categorical:
+            codes = inputs.encode_categorical({c: [f.get(c) for f in feats] for c in inputs.categorical_names}, n)
+        self.window.update(X, codes=codes)
         if self.pwindow is not None:
             self.pwindow.update_records([{"prediction": r[1], "score": r[2]} for r in rows])
         W = self.spec.window
-        for r in rows:
-            self.ts[self.pos] = r[3]
-            self.part[self.pos] = r[4]
-            self.off[self.pos] = r[5]
-            self.pos = (self.pos + 1) % W
+        last = rows[-W:]
+        idx = (self.pos + n - len(last) + np.arange(len(last))) % W
+        self.ts[idx] = [r[3] for r in last]
+        self.part[idx] = [r[4] for r in last]
+        self.off[idx] = [r[5] for r in last]
+        self.pos = (self.pos + n) % W
         if self.window.filled >= W:
             self.comparisons += 1
             out += self._drift("data_drift", self.frozen.inputs, self.window)
@@ -416,44 +443,37 @@ class VersionMonitor:
         return a
 
     # ------------------------------------------------------------------ schema
-    def _schema_check(self, rows: list[tuple]) -> dict | None:
+    def _schema_check(self, rows: list[tuple], tally: np.ndarray, extra: list[int]) -> dict | None:
+        """Hold the rows to the contract. ``tally`` and ``extra`` come from ``_binning.scan_records``
+        over the rows' features: per contract field, rows without it and rows per value type;
+        the rows with fields outside the contract."""
         pol = self.spec.schema
         contract = self.frozen.contract
         n = len(rows)
-        absent: Counter = Counter()
-        nulls: Counter = Counter()
-        wrong: dict[str, Counter] = {}
-        new: Counter = Counter()
-        for r in rows:
-            feats = r[0]
-            for k, c in contract.items():
-                if k not in feats:
-                    absent[k] += 1
-                    continue
-                t = type_of(feats[k])
-                if t is None:
-                    nulls[k] += 1
-                elif c["type"] is not None and t != c["type"]:
-                    wrong.setdefault(k, Counter())[t] += 1
-            if len(feats) > len(contract) or any(k not in contract for k in feats):
-                for k in feats:
-                    if k not in contract and (k in new or len(new) < _MAX_NEW_FIELDS):
-                        new[k] += 1
         violations = []
-        for k, c in contract.items():
-            miss = absent[k] / n
+        for i, k in enumerate(self._fields):
+            c = contract[k]
+            miss = int(tally[i, 0]) / n
             if miss - c["missing_rate"] >= pol.null_rate_jump:
                 violations.append({"type": "missing_field", "field": k, "baseline_rate": c["missing_rate"],
                                    "current_rate": miss})
-            nr = nulls[k] / n
+            nr = int(tally[i, 1]) / n
             if nr - c["null_rate"] >= pol.null_rate_jump:
                 violations.append({"type": "null_rate", "field": k, "baseline_rate": c["null_rate"],
                                    "current_rate": nr})
-            if k in wrong:
-                share = sum(wrong[k].values()) / n
-                if share >= pol.min_share:
-                    violations.append({"type": "type_change", "field": k, "expected": c["type"],
-                                       "observed": dict(wrong[k]), "share": share})
+            e = self._expected[i]
+            if e > 0:  # a typed field: non-null values of another type
+                wrong = {_TYPE_NAMES[t]: int(tally[i, 1 + t]) for t in (1, 2, 3) if t != e and tally[i, 1 + t]}
+                if wrong:
+                    share = sum(wrong.values()) / n
+                    if share >= pol.min_share:
+                        violations.append({"type": "type_change", "field": k, "expected": c["type"],
+                                           "observed": wrong, "share": share})
+        new: Counter = Counter()
+        for r in extra:
+            for k in rows[r][0]:
+                if k not in contract and (k in new or len(new) < _MAX_NEW_FIELDS):
+                    new[k] += 1
         for k, cnt in sorted(new.items()):
             if cnt / n >= pol.min_share:
                 violations.append({"type": "new_field", "field": k, "share": cnt / n,
@@ -625,6 +645,7 @@ class VersionMonitor:
                  labels=head["labels"])
         if parts[1]:
             vm.frozen = _Frozen.from_bytes(parts[1])
+            vm._field_table()
             vm.window = SlidingWindow.from_bytes(parts[2], vm.frozen.inputs)
             vm.pwindow = SlidingWindow.from_bytes(parts[3], vm.frozen.preds) if parts[3] else None
         vm.rows = head["rows"]
