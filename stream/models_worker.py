@@ -2,15 +2,20 @@
 
 One agent, ``monitor``, consumes both the inferences and the feedback topic. Both are keyed by
 model and have the same partition count, so a model's inferences, its feedback and its state
-(the join store included) sit on one partition of one worker. Per message: decode (bad events go
-to the dead-letter topic with their reason, original bytes, source and time), hand the good ones
-to the core, publish its alerts.
+(the join store included) sit on one partition of one worker. Per message the agent calls
+:meth:`MonitorProcessor.process` (pure: no Faust, so ``benchmarks/bench_drift.py`` times exactly
+this code) and sends what it returns: dead-letter records for bad events (reason, original bytes,
+source and time) and the core's alerts.
 
 Each model's monitor state is snapshotted into the changelog-backed table ``model-monitor-state``
 (key = model) every ``SNAPSHOT_EVERY`` messages of that model, with the input offsets it reflects;
 after a restart the state is recovered from the table and messages it already holds are skipped.
 Messages between the last snapshot and the committed offset (at most ``SNAPSHOT_EVERY`` per
 model) are not replayed into the recovered state.
+
+Idle models are forgotten (``STREAM_MODEL_TTL_SECONDS``): a model version that has sent nothing for
+that long in event time (the partition's newest event) is dropped from memory and from the stored
+state, and a model left without versions loses its table key.
 
 Prometheus: ``stream_entities_active{detector=<monitor spec>}`` counts monitored model versions,
 ``stream_state_bytes{detector="models"}`` the bytes of the last snapshots; events, dead letters
@@ -19,11 +24,12 @@ and alerts are counted like the metrics agents' (topic = the inferences / feedba
 from __future__ import annotations
 
 import logging
+import math
 import struct
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
-import faust
 import orjson
 
 from stream import metrics as m
@@ -49,7 +55,126 @@ def _unpack(blob: bytes) -> tuple[dict, bytes]:
     return orjson.loads(blob[4:4 + n]), blob[4 + n:]
 
 
-def register_model_agents(app: faust.App, s: Settings, alerts_topic: Any, deadletter_topic: Any) -> Monitors:
+class MonitorProcessor:
+    """What the ``monitor`` agent does with one message, minus the sending.
+
+    ``table`` is the model-state table (a Faust table in the worker, a dict in tests and the
+    benchmark). :meth:`process` returns ``(dead letters as (key, value) bytes, alerts)``.
+    """
+
+    def __init__(self, s: Settings, mons: Monitors, table: MutableMapping):
+        self.s = s
+        self.mons = mons
+        self.table = table
+        self.offsets: dict[str, dict] = {}  # model -> {"topic/partition": last offset reflected}
+        self.since: dict[str, int] = {}  # model -> messages since its last snapshot
+        self.sizes: dict[str, int] = {}  # model -> bytes of its last snapshot
+        self.lane_of: dict[str, int] = {}  # model -> partition it arrives on
+        self.lane_now: dict[int, float] = {}  # partition -> newest event time seen on it
+        self.lane_checked: dict[int, float] = {}  # partition -> event time of its last TTL check
+        self.ttl = s.model_ttl_seconds
+        self.ttl_check_every = max(1.0, min(self.ttl / 10.0, 600.0))
+        self.counters = {t: (m.EVENTS.labels(t, "processed"), m.EVENTS.labels(t, "deadlettered"))
+                         for t in (s.topic_inferences, s.topic_feedback)}
+
+    def recover(self, model: str) -> None:
+        if model in self.mons.models:
+            return
+        blob = self.table.get(model.encode())
+        if blob is None:
+            return
+        try:
+            offs, state = _unpack(blob)
+            self.mons.import_state(model, state)
+            self.offsets[model] = offs
+        except Exception as exc:  # noqa: BLE001 - a state this build cannot read starts afresh
+            log.warning("model %s: cannot restore its monitor state (%s); starting afresh", model, exc)
+
+    def snapshot(self, model: str) -> None:
+        self.since[model] = 0
+        blob = _pack(self.offsets.get(model, {}), self.mons.export_state(model))
+        self.table[model.encode()] = blob
+        self.sizes[model] = len(blob)
+        m.STATE_BYTES.labels("models").set(sum(self.sizes.values()))
+        spec = self.mons.models[model].spec.name
+        m.ENTITIES.labels(spec).set(sum(len(mm.versions) for mm in self.mons.models.values()
+                                        if mm.spec.name == spec))
+
+    def forget(self, model: str) -> None:
+        """Drop everything kept for a model that expired (its table key included)."""
+        self.table.pop(model.encode(), None)
+        for d in (self.offsets, self.since, self.sizes, self.lane_of):
+            d.pop(model, None)
+        m.STATE_BYTES.labels("models").set(sum(self.sizes.values()))
+
+    def expire(self, partition: int) -> tuple[list[str], list[str]]:
+        """Forget the idle models and versions of one partition (``STREAM_MODEL_TTL_SECONDS``)."""
+        now = self.lane_now.get(partition, -math.inf)
+        if now - self.lane_checked.get(partition, -math.inf) < self.ttl_check_every:
+            return [], []
+        self.lane_checked[partition] = now
+        lane = [mod for mod, p in self.lane_of.items() if p == partition]
+        dropped, changed = self.mons.expire(now, self.ttl, lane)
+        for mod in dropped:
+            self.forget(mod)
+        for mod in changed:
+            self.snapshot(mod)
+        return dropped, changed
+
+    def process(self, topic: str, partition: int, offset: int, key: bytes | None,
+                value: bytes | None) -> tuple[list[tuple[bytes, bytes]], list[dict]]:
+        s = self.s
+        fb_topic = topic == s.topic_feedback
+        if fb_topic:
+            good, bad = decode_feedback(value, max_bytes=s.max_message_bytes)
+        else:
+            good, bad = decode_inferences(value, max_bytes=s.max_message_bytes,
+                                          max_batch=s.max_batch_samples)
+        processed, deadlettered = self.counters.get(topic, self.counters[s.topic_inferences])
+        dead: list[tuple[bytes, bytes]] = []
+        if bad:
+            deadlettered.inc(len(bad))
+            for rej in bad:
+                m.DEADLETTER.labels(rej.reason).inc()
+                rec = deadletter_record(rej, topic=topic, partition=partition, offset=offset, key=key)
+                dead.append((f"{topic}/{partition}/{offset}".encode(), orjson.dumps(rec)))
+        if not good:
+            return dead, []
+        processed.inc(len(good))
+        where = f"{topic}/{partition}"
+        alerts: list[dict] = []
+        touched: set[str] = set()
+        mons = self.mons
+        offsets = self.offsets
+        lane_now = self.lane_now.get(partition, -math.inf)
+        last_model = None
+        for item in good:
+            model = item.model
+            if model != last_model:  # a batch is mostly one model: look it up once per run
+                self.recover(model)
+                skip = offsets.get(model, {}).get(where, -1) >= offset
+                last_model = model
+            if skip:
+                continue  # already in the recovered state (replay after a restart)
+            if fb_topic:
+                alerts += mons.feedback(item, partition, offset)
+            else:
+                alerts += mons.observe(item, partition, offset)
+            if item.ts > lane_now:
+                lane_now = item.ts
+            touched.add(model)
+        self.lane_now[partition] = lane_now
+        for model in touched:
+            offsets.setdefault(model, {})[where] = offset
+            self.lane_of[model] = partition
+            n = self.since[model] = self.since.get(model, 0) + 1
+            if n >= SNAPSHOT_EVERY and model in mons.models:
+                self.snapshot(model)
+        self.expire(partition)
+        return dead, alerts
+
+
+def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic: Any) -> Monitors:
     """Add the model-monitoring agent and its state table to ``app``; returns the core."""
     mons = Monitors(load_monitor_specs(s.specs_dir or None), source_topic=s.topic_inferences,
                     feedback_topic=s.topic_feedback)
@@ -61,78 +186,20 @@ def register_model_agents(app: faust.App, s: Settings, alerts_topic: Any, deadle
                       key_type=bytes, value_type=bytes,
                       help="serialized per-model monitor state (stream.detect.monitor.ModelMonitor) "
                            "and the input offsets it reflects")
-    offsets: dict[str, dict] = {}  # model -> {"topic/partition": last offset reflected}
-    since: dict[str, int] = {}  # model -> messages since its last snapshot
-    sizes: dict[str, int] = {}  # model -> bytes of its last snapshot
-    counters = {t: (m.EVENTS.labels(t, "processed"), m.EVENTS.labels(t, "deadlettered"))
-                for t in (s.topic_inferences, s.topic_feedback)}
-
-    def recover(model: str) -> None:
-        if model in mons.models:
-            return
-        blob = table.get(model.encode())
-        if blob is None:
-            return
-        try:
-            offs, state = _unpack(blob)
-            mons.import_state(model, state)
-            offsets[model] = offs
-        except Exception as exc:  # noqa: BLE001 - a state this build cannot read starts afresh
-            log.warning("model %s: cannot restore its monitor state (%s); starting afresh", model, exc)
-
-    def seen(model: str, where: str, offset: int) -> bool:
-        return offsets.get(model, {}).get(where, -1) >= offset
+    proc = MonitorProcessor(s, mons, table)
+    app.monitor_processor = proc  # type: ignore[attr-defined]
 
     @app.agent(inputs)
     async def monitor(stream):
         async for event in stream.events():
             t0 = time.perf_counter()
             msg = event.message
-            fb_topic = msg.topic == s.topic_feedback
-            if fb_topic:
-                good, bad = decode_feedback(event.value, max_bytes=s.max_message_bytes)
-            else:
-                good, bad = decode_inferences(event.value, max_bytes=s.max_message_bytes,
-                                              max_batch=s.max_batch_samples)
-            processed, deadlettered = counters.get(msg.topic, counters[s.topic_inferences])
-            if bad:
-                deadlettered.inc(len(bad))
-            for rej in bad:
-                m.DEADLETTER.labels(rej.reason).inc()
-                rec = deadletter_record(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                                        key=event.key)
-                await deadletter_topic.send(key=f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
-                                            value=orjson.dumps(rec))
-            if not good:
-                continue
-            processed.inc(len(good))
-            where = f"{msg.topic}/{msg.partition}"
-            alerts: list[dict] = []
-            touched = set()
-            for item in good:
-                recover(item.model)
-                if seen(item.model, where, msg.offset):
-                    continue  # already in the recovered state (replay after a restart)
-                if fb_topic:
-                    alerts += mons.feedback(item, msg.partition, msg.offset)
-                else:
-                    alerts += mons.observe(item, msg.partition, msg.offset)
-                touched.add(item.model)
+            dead, alerts = proc.process(msg.topic, msg.partition, msg.offset, event.key, event.value)
+            for k, v in dead:
+                await deadletter_topic.send(key=k, value=v)
             for a in alerts:
                 await alerts_topic.send(key=a["series"]["id"].encode(), value=orjson.dumps(a))
                 m.ALERTS.labels(a["kind"], a["severity"], a["detector"]).inc()
-            for model in touched:
-                offsets.setdefault(model, {})[where] = msg.offset
-                since[model] = since.get(model, 0) + 1
-                if since[model] >= SNAPSHOT_EVERY and model in mons.models:
-                    since[model] = 0
-                    blob = _pack(offsets[model], mons.export_state(model))
-                    table[model.encode()] = blob
-                    sizes[model] = len(blob)
-                    m.STATE_BYTES.labels("models").set(sum(sizes.values()))
-                    spec = mons.models[model].spec.name
-                    m.ENTITIES.labels(spec).set(sum(len(mm.versions) for mm in mons.models.values()
-                                                    if mm.spec.name == spec))
             m.PROCESSING.observe(time.perf_counter() - t0)
 
     return mons

@@ -64,6 +64,10 @@ class Settings:
     entity_ttl_seconds: float = _f(
         7 * 86400.0, "an entity idle this long (event time) is expired from state", minimum=1.0
     )
+    model_ttl_seconds: float = _f(
+        7 * 86400.0, "a model version that sent nothing for this long (event time of its partition) is "
+        "forgotten; a model left without versions loses its stored state", minimum=1.0
+    )
     idle_close_seconds: float = _f(
         120.0, "wall seconds without samples after which an entity's open windows may be closed by "
         "its lane's event time (an entity that went quiet)", minimum=0.0

@@ -749,6 +749,18 @@ class ModelMonitor:
         self._expire()
         return out
 
+    def expire(self, horizon: float) -> list[str]:
+        """Forget the versions that have sent nothing since event time ``horizon``.
+
+        A version's last activity is its newest inference or labelled pair (event time).
+        Returns the versions dropped (counted in ``stats["versions_expired"]``).
+        """
+        gone = [v for v, vm in self.versions.items() if max(vm.last_ts, vm.last_pair_ts) < horizon]
+        for v in gone:
+            del self.versions[v]
+        self.stats["versions_expired"] += len(gone)
+        return gone
+
     def flush(self) -> list[dict]:
         out: list[dict] = []
         for vm in self.versions.values():
@@ -837,6 +849,29 @@ class Monitors:
             self.unmonitored += 1
             return []
         return mm.feedback(fb, partition, offset)
+
+    def expire(self, now: float, ttl: float, models: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
+        """Forget what has sent nothing for ``ttl`` seconds of event time before ``now``.
+
+        Versions of the given ``models`` (default: all) idle since ``now - ttl`` are dropped; a
+        model left without versions whose own newest event (inference or feedback) is older
+        than that is dropped whole. Returns ``(models dropped, models that lost versions but
+        remain)``: the caller deletes the former's stored state and rewrites the latter's.
+        """
+        horizon = now - ttl
+        dropped: list[str] = []
+        changed: list[str] = []
+        for name in list(self.models if models is None else models):
+            mm = self.models.get(name)
+            if mm is None:
+                continue
+            lost = mm.expire(horizon)
+            if not mm.versions and mm.now < horizon:
+                del self.models[name]
+                dropped.append(name)
+            elif lost:
+                changed.append(name)
+        return dropped, changed
 
     def export_state(self, name: str) -> bytes:
         return self.models[name].to_bytes()
