@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from stream.detect._binning import features_ok
+from stream.detect._binning import features_ok, inference_fast
 from stream.events import Rejection, encode_item, parse_json
 
 _MODEL_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -67,11 +67,23 @@ def _name(obj: dict, key: str, pattern: re.Pattern | None = None) -> str | tuple
     return v
 
 
+def _double_int(v: Any) -> bool:
+    """False for an integer beyond the range of a double (JSON allows any size)."""
+    try:
+        float(v)
+    except OverflowError:
+        return False
+    return True
+
+
 def _ts(obj: dict) -> float | tuple[str, str]:
     ts = obj["ts"]
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
         return "bad_timestamp", f"'ts' must be seconds since the epoch, got {type(ts).__name__}"
-    ts = float(ts)
+    try:
+        ts = float(ts)
+    except OverflowError:
+        ts = math.inf
     if not math.isfinite(ts) or ts < 0:
         return "bad_timestamp", f"'ts' must be a finite non-negative number, got {ts}"
     return ts
@@ -83,6 +95,8 @@ def _target(v: Any, key: str, reason: str) -> Any:
         return reason, f"'{key}' must be a number or a string, got {type(v).__name__}"
     if isinstance(v, float) and not math.isfinite(v):
         return "non_finite", f"'{key}' must be finite, got {v}"
+    if isinstance(v, int) and not _double_int(v):
+        return "non_finite", f"'{key}' is beyond the range of a double"
     if isinstance(v, str) and len(v) > MAX_STRING:
         return reason, f"'{key}' is longer than {MAX_STRING} characters"
     return v
@@ -96,9 +110,7 @@ def _feature_problem(feats: dict) -> tuple[str, str] | None:
         if v is None or isinstance(v, bool):
             continue
         if isinstance(v, int):
-            try:
-                float(v)
-            except OverflowError:
+            if not _double_int(v):
                 return "non_finite", f"feature {k!r:.60} is beyond the range of a double"
             continue
         if isinstance(v, float):
@@ -113,7 +125,19 @@ def _feature_problem(feats: dict) -> tuple[str, str] | None:
     return None
 
 
+_MODEL_CACHE: dict[str, bool] = {}  # model names known to match _MODEL_RE (the compiled fast path's)
+
+
 def _check_inference(obj: Any) -> Inference | tuple[str, str]:
+    inf = inference_fast(obj, Inference, _INFERENCE_KEYS, _MODEL_CACHE, _MODEL_RE, MAX_NAME, MAX_STRING,
+                         MAX_FEATURES, MAX_LABELS)
+    if inf is not None:
+        return inf
+    return _check_inference_slow(obj)
+
+
+def _check_inference_slow(obj: Any) -> Inference | tuple[str, str]:
+    """Every check, in order, naming the first problem (the fast path's fallback)."""
     if not isinstance(obj, dict):
         return "wrong_shape", f"an inference must be a JSON object, got {type(obj).__name__}"
     extra = obj.keys() - _INFERENCE_KEYS
@@ -150,7 +174,7 @@ def _check_inference(obj: Any) -> Inference | tuple[str, str]:
     if score is not None:
         if isinstance(score, bool) or not isinstance(score, (int, float)):
             return "non_numeric", f"'score' must be a number, got {type(score).__name__}"
-        score = float(score)
+        score = float(score) if _double_int(score) else math.inf
         if not math.isfinite(score):
             return "non_finite", f"'score' must be finite, got {score}"
     labels = obj.get("labels")

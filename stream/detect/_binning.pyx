@@ -434,3 +434,106 @@ def scan_records(list records, tuple names, const i32[::1] expected, const i32[:
         if len(d) > present:
             extra.append(r)
     return extra
+
+
+cdef inline bint _name_ok(object v, Py_ssize_t max_name):
+    return type(v) is str and 0 < PyUnicode_GET_LENGTH(v) <= max_name
+
+
+cdef inline bint _finite_number(object v, double* out):
+    """``v`` is a float or (non-bool) int of finite double value; its value in ``out``."""
+    cdef double x
+    if type(v) is float:
+        x = v
+    elif type(v) is int:
+        try:
+            x = v
+        except OverflowError:
+            return False
+    else:
+        return False
+    if isnan(x) or x == INFINITY or x == -INFINITY:
+        return False
+    out[0] = x
+    return True
+
+
+def inference_fast(object obj, object cls, frozenset keys, dict model_cache, object model_re,
+                   Py_ssize_t max_name, Py_ssize_t max_string, Py_ssize_t max_features,
+                   Py_ssize_t max_labels):
+    """The decoder's fast path for one inference: ``cls(...)`` if it is plainly valid, else None.
+
+    Accepts only what ``stream.inference_events._check_inference`` accepts, built the same way;
+    None sends the item to that check, which names the problem (or accepts an unusual form).
+    ``model_cache`` remembers model names that matched ``model_re`` (bounded by the caller).
+    """
+    cdef Py_ssize_t pos = 0, n
+    cdef PyObject* kp
+    cdef PyObject* vp
+    cdef double x, ts
+    cdef object model, version, rid, feats, pred, score, labels, k, v
+    if type(obj) is not dict:
+        return None
+    while PyDict_Next(obj, &pos, &kp, &vp):
+        if <object>kp not in keys:
+            return None
+    vp = PyDict_GetItem(obj, "model")
+    if vp == NULL:
+        return None
+    model = <object>vp
+    if not _name_ok(model, max_name):
+        return None
+    if model not in model_cache:
+        if model_re.match(model) is None:
+            return None
+        if len(model_cache) < 10000:
+            model_cache[model] = True
+    vp = PyDict_GetItem(obj, "version")
+    if vp == NULL or not _name_ok(<object>vp, max_name):
+        return None
+    version = <object>vp
+    vp = PyDict_GetItem(obj, "request_id")
+    if vp == NULL or not _name_ok(<object>vp, max_name):
+        return None
+    rid = <object>vp
+    vp = PyDict_GetItem(obj, "ts")
+    if vp == NULL or not _finite_number(<object>vp, &ts) or ts < 0:
+        return None
+    vp = PyDict_GetItem(obj, "features")
+    if vp == NULL or type(<object>vp) is not dict:
+        return None
+    feats = <object>vp
+    if len(feats) > max_features or not features_ok(feats, max_name, max_string):
+        return None
+    vp = PyDict_GetItem(obj, "prediction")
+    if vp == NULL:
+        return None
+    pred = <object>vp
+    if type(pred) is str:
+        if PyUnicode_GET_LENGTH(pred) > max_string:
+            return None
+    elif not _finite_number(pred, &x):
+        return None
+    score = None
+    vp = PyDict_GetItem(obj, "score")
+    if vp != NULL and <object>vp is not None:
+        if not _finite_number(<object>vp, &x):
+            return None
+        score = x
+    labels = None
+    vp = PyDict_GetItem(obj, "labels")
+    if vp != NULL and <object>vp is not None:
+        labels = <object>vp
+        if type(labels) is not dict or len(labels) > max_labels:
+            return None
+        pos = 0
+        while PyDict_Next(labels, &pos, &kp, &vp):
+            k = <object>kp
+            v = <object>vp
+            if type(v) is not str or PyUnicode_GET_LENGTH(v) > 500:
+                return None
+            if type(k) is not str or not 0 < PyUnicode_GET_LENGTH(k) <= 100:
+                return None
+        if not labels:
+            labels = None
+    return cls(model, version, rid, ts, feats, pred, score, labels)

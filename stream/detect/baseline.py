@@ -151,7 +151,7 @@ def _to_float(v) -> float:
     try:
         return float(v)
     except OverflowError:  # an integer beyond the double range
-        return math.copysign(math.inf, v)
+        return math.inf if v > 0 else -math.inf
     except (TypeError, ValueError):
         return math.nan
 
@@ -870,7 +870,7 @@ def _reason(n_ref: int, n_cur: int) -> str | None:
 
 def compare(baseline: Baseline, window: SlidingWindow, *, warn: float = PSI_WARN,
             drift: float = PSI_DRIFT, eps: float = DEFAULT_EPS,
-            ks_method: str | None = "auto") -> DriftReport:
+            ks_method: str | None = "auto", ks_min_psi: float | None = None) -> DriftReport:
     """Compare a window with its baseline, feature by feature.
 
     Numeric: PSI and JS distance on the baseline's bins, KS statistic of the window's values
@@ -884,7 +884,9 @@ def compare(baseline: Baseline, window: SlidingWindow, *, warn: float = PSI_WARN
     PSI: ``>= warn`` -> "warn", ``>= drift`` -> "drift"; ``drift`` is ``severity == "drift"``.
     A feature with no non-null value on a side gets NaN statistics, severity "none" and a
     ``reason``. ``FeatureDrift.ks_n_reference`` is the reference sample's size (the KS test's
-    first sample), which the bounded baseline caps (``sample_size``).
+    first sample), which the bounded baseline caps (``sample_size``). With ``ks_min_psi``, the
+    KS test is run only for numeric features whose PSI reached it (the others get NaN KS
+    values): for a caller whose drift rule needs both.
     """
     if window.baseline is not baseline and (
             window.baseline.numeric_names != baseline.numeric_names
@@ -899,7 +901,8 @@ def compare(baseline: Baseline, window: SlidingWindow, *, warn: float = PSI_WARN
         js_v = np.empty(Fn)
         _binning.psi_js(P.ref_counts, window._bin_counts, P.n_bins, eps, psi_v, js_v)
         d = np.empty(Fn)
-        _binning.ks_from_cells(window._cell_counts, P.ucum, P.n_uniq, P.n_sample, n_cur, d)
+        n_ks = n_cur if ks_min_psi is None else np.where(psi_v >= ks_min_psi, n_cur, 0)
+        _binning.ks_from_cells(window._cell_counts, P.ucum, P.n_uniq, P.n_sample, n_ks, d)
         if ks_method is None:
             ks_d, ks_p = d, np.full(Fn, np.nan)
         else:

@@ -169,7 +169,10 @@ class _Frozen:
                 if t is None:
                     nulls[k] += 1
                 else:
-                    types.setdefault(k, Counter())[t] += 1
+                    tc = types.get(k)
+                    if tc is None:
+                        tc = types[k] = Counter()
+                    tc[t] += 1
         names = sorted(present)
         numeric = [k for k in names if k in types and set(types[k]) == {"number"}]
         categorical = [k for k in names if k not in numeric]
@@ -355,7 +358,8 @@ class VersionMonitor:
     def _drift(self, kind: str, base: Baseline, window: SlidingWindow) -> list[dict]:
         spec = self.spec
         # KS statistics only: p-values are computed below for what an alert reports
-        report = compare(base, window, warn=spec.psi_warn, drift=spec.psi_drift, ks_method=None)
+        report = compare(base, window, warn=spec.psi_warn, drift=spec.psi_drift, ks_method=None,
+                         ks_min_psi=spec.psi_warn)
         drifted, warned = self._judge(report)
         inc = self.incidents[kind]
         if inc is None:
@@ -520,7 +524,7 @@ class VersionMonitor:
             return 0.0 if _label(prediction) == _label(label) else 1.0
         try:
             e = abs(float(prediction) - float(label))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         return e if math.isfinite(e) else None
 
