@@ -56,7 +56,56 @@ def series_id(metric: str, labels: dict[str, str]) -> str:
     return metric + "{" + ",".join(f"{k}={labels[k]}" for k in sorted(labels)) + "}"
 
 
+# Validation caches for the fast path: metric names and label sets already found valid. Exporters
+# send the same few thousand series over and over; a hit skips the regular expressions. Bounded:
+# cleared when full (a miss only costs the full check).
+_OK_METRICS: set[str] = set()
+_OK_LABELS: dict[tuple, str] = {}  # (metric, *label items) -> series id
+_CACHE_MAX = 100_000
+_EMPTY: dict[str, str] = {}
+_FLOAT = float
+_MAX_EXACT_INT = 2 ** 53
+
+
 def _check_sample(obj: Any) -> Sample | tuple[str, str]:
+    """Validate one sample: a :class:`Sample`, or ``(reason, detail)``.
+
+    The fast path accepts exactly what the full check accepts: a dict with only known fields, a
+    cached valid metric name and label set, and finite float (or small integer) value and ts.
+    Anything else takes the full check, which also fills the caches.
+    """
+    if type(obj) is dict:
+        n = len(obj)
+        labels = obj.get("labels", _EMPTY)
+        if ((n == 4 and labels is not _EMPTY) or (n == 3 and labels is _EMPTY)) and type(labels) is dict:
+            metric = obj.get("metric")
+            value = obj.get("value")
+            ts = obj.get("ts")
+            tv = type(value)
+            tt = type(ts)
+            if ((tv is _FLOAT or (tv is int and -_MAX_EXACT_INT < value < _MAX_EXACT_INT))
+                    and (tt is _FLOAT or (tt is int and 0 <= ts < _MAX_EXACT_INT))
+                    and metric in _OK_METRICS):
+                try:
+                    series = _OK_LABELS.get((metric, *labels.items()))
+                except TypeError:  # an unhashable label value: the full check names it
+                    series = None
+                if series is not None:
+                    value = _FLOAT(value)
+                    ts = _FLOAT(ts)
+                    if value - value == 0.0 and ts - ts == 0.0 and ts >= 0.0:  # finite (NaN/inf fail)
+                        return Sample(metric, labels, value, ts, series)
+    res = _check_sample_full(obj)
+    if type(res) is Sample:
+        if len(_OK_LABELS) >= _CACHE_MAX:
+            _OK_LABELS.clear()
+            _OK_METRICS.clear()
+        _OK_METRICS.add(res.metric)
+        _OK_LABELS[(res.metric, *res.labels.items())] = res.series
+    return res
+
+
+def _check_sample_full(obj: Any) -> Sample | tuple[str, str]:
     if not isinstance(obj, dict):
         return "wrong_shape", f"a sample must be a JSON object, got {type(obj).__name__}"
     extra = obj.keys() - _SAMPLE_KEYS

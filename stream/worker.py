@@ -4,15 +4,17 @@ Two agents:
 
 ``ingest`` (on the metrics topic)
     decode → dead-letter what is invalid → route each valid sample to its detectors' entities
-    and forward it, batched per entity, to the internal topic ``<app_id>-entity-samples``,
-    keyed by entity. Entities may span series (``group_by``), and series of one entity may sit
-    on different input partitions: re-keying puts each entity's samples, its state table and
-    its changelog on one partition.
+    and forward them to the internal topic ``<app_id>-entity-samples``: one message per
+    destination partition, the partition Kafka's default partitioner gives the entity id
+    (:mod:`stream.routing`). Entities may span series (``group_by``), and series of one entity
+    may sit on different input partitions: re-partitioning puts each entity's samples, its state
+    table and its changelog on one partition.
 
 ``detect`` (on the internal topic)
-    hand the samples to :class:`stream.detect.engine.Detector`, publish its alerts, and store
-    the entity's serialized state in the changelog-backed table ``entity-state`` together with
-    the offset it reflects (a replay after a crash skips what the state already holds).
+    hand each entity's samples to :class:`stream.detect.engine.Detector`, publish its alerts,
+    and keep the entity's serialized state in the changelog-backed table ``entity-state``
+    together with the source offsets it reflects (a replay after a crash skips what the state
+    already holds). State is written lazily, before every offset commit (see ``flush_state``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from stream import metrics as m
 from stream.detect.engine import Detector
 from stream.detect.spec import load_specs
 from stream.events import decode_metrics, deadletter_record
+from stream.routing import Router, decode_payload
 from stream.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger("stream.worker")
@@ -56,24 +59,13 @@ def faust_broker_kwargs(s: Settings) -> dict[str, Any]:
 
 
 class Pipeline:
-    """The worker's state and logic, independent of Faust so it can be reasoned about alone."""
+    """The worker's detectors (one per spec), built from the settings."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         specs = load_specs(settings.specs_dir or None, window=settings.window_seconds,
                            lateness=settings.allowed_lateness_seconds)
         self.detectors = {s.name: Detector(s, source_topic=settings.topic_metrics) for s in specs}
-
-    def route(self, samples) -> dict[bytes, list]:
-        """Samples grouped by entity key (detector/entity) for the internal topic."""
-        out: dict[bytes, list] = {}
-        for det in self.detectors.values():
-            spec = det.spec
-            for s in samples:
-                hit = spec.entity_of(s.metric, s.labels)
-                if hit is not None:
-                    out.setdefault(hit[0].encode(), []).append(s)
-        return out
 
 
 def build_app(settings: Settings | None = None) -> faust.App:
@@ -168,6 +160,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
     processed = m.EVENTS.labels(s.topic_metrics, "processed")
     deadlettered = m.EVENTS.labels(s.topic_metrics, "deadlettered")
 
+    router = Router(pipe.detectors, s.topic_partitions)
+
     @app.agent(metrics_topic)
     async def ingest(stream):
         async for event in stream.events():
@@ -185,9 +179,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
                                             value=orjson.dumps(rec))
             if not good:
                 continue
-            for key, samples in pipe.route(good).items():
-                payload = [[x.metric, x.labels, x.ts, x.value, msg.partition, msg.offset] for x in samples]
-                await entity_topic.send(key=key, value=orjson.dumps(payload))
+            # one internal message per destination partition (not per entity): see stream.routing
+            for part, payload in router.route(good, msg.partition, msg.offset).items():
+                await entity_topic.send(key=None, value=payload, partition=part)
             processing.observe(time.perf_counter() - t0)
 
     lane_checked: dict[tuple[str, int], float] = {}
@@ -198,64 +192,138 @@ def build_app(settings: Settings | None = None) -> faust.App:
             await alerts_topic.send(key=a["series"]["id"].encode(), value=orjson.dumps(a))
             m.ALERTS.labels(a["kind"], a["severity"], a["detector"]).inc()
 
-    def persist(det: Detector, eid: str) -> None:
-        key = eid.encode()
-        blob = det.export_state(eid)
-        state_sizes[key] = len(blob)
-        state[key] = blob
+    # Entity state is written to the table lazily: an entity changed by a message is marked dirty,
+    # and every dirty entity is serialized and written (changelog included) right before Faust
+    # commits offsets (the commit hook below), and when its partition is revoked. Faust flushes the
+    # producer before committing, so the changelog always holds every entity's state for all it
+    # has folded in below the committed offsets; what comes after is replayed, and each entity's
+    # cursor of source offsets (stored in the same blob) skips what its state already holds.
+    # Writing on every message instead cost a ~12-20 KB serialization and changelog record per
+    # entity per message: the worker's main cost in the load test.
+    dirty: dict[bytes, tuple[Detector, str]] = {}
+
+    def flush_state(lanes: set[int] | None = None) -> int:
+        """Write dirty entities (of ``lanes``, or all) to the table and its changelog."""
+        n = 0
+        for key, (det, eid) in list(dirty.items()):
+            ent = det.entities.get(eid)
+            if ent is None:
+                del dirty[key]
+                continue
+            if lanes is not None and ent.lane not in lanes:
+                continue
+            blob = det.export_state(eid)
+            state_sizes[key] = len(blob)
+            # outside an event Faust cannot pick the changelog partition itself: it is the entity's
+            # lane (its partition of the internal topic, co-partitioned with the changelog)
+            state.data[key] = blob
+            state.send_changelog(ent.lane, key, blob)
+            del dirty[key]
+            n += 1
+        return n
+
+    @app.task
+    async def install_commit_hook() -> None:
+        consumer = app.consumer
+        original = consumer.force_commit
+
+        async def force_commit(*args, **kwargs):
+            flush_state()
+            return await original(*args, **kwargs)
+
+        consumer.force_commit = force_commit
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        lanes = {tp.partition for tp in revoked if tp.topic == entity_topic.get_topic_name()}
+        if not lanes:
+            return
+        flush_state(lanes)
+        for det in pipe.detectors.values():
+            gone = [eid for eid, ent in det.entities.items() if ent.lane in lanes]
+            for eid in gone:  # reloaded from the table if the partition comes back
+                det.drop(eid)
+                last_wall.pop(eid, None)
+        for key in [k for k, (d, e) in dirty.items() if e not in d.entities]:
+            del dirty[key]
 
     @app.agent(entity_topic)
     async def detect(stream):
         async for event in stream.events():
-            key: bytes = event.key
-            eid = key.decode()
-            det = pipe.detectors.get(eid.split("/", 1)[0])
-            if det is None:
-                continue  # a detector removed since the sample was routed
-            if eid not in det.entities:
-                stored = state.get(key)
-                if stored is not None:  # recovered from the changelog after a restart/rebalance
-                    det.import_state(eid, stored)
-            rows = orjson.loads(event.value)
-            src_part, src_off = rows[0][4], rows[0][5]  # one payload = one source message
-            if det.seen(eid, src_part, src_off):
-                continue  # already folded in before a crash: at-least-once input, effectively-once state
-            late0 = det.late
-            alerts = []
-            for metric, labels, ts, value, part, off in rows:
-                alerts += det.ingest(metric, labels, ts, value, offset=off, partition=part,
-                                     lane=event.message.partition)
-            det.advance_cursor(eid, src_part, src_off)
-            last_wall[eid] = time.monotonic()
-            if det.late > late0:
-                m.EVENTS.labels(s.topic_metrics, "late").inc(det.late - late0)
+            lane = event.message.partition
+            try:
+                src_part, src_off, entities = decode_payload(event.value, event.key)
+            except Exception as exc:  # noqa: BLE001 - only this service writes the internal topic
+                log.error("skipping an unreadable internal message at %s/%d/%d: %s", event.message.topic,
+                          lane, event.message.offset, exc)
+                continue
+            alerts: list[dict] = []
+            changed: list[tuple[Detector, str]] = []
+            evt_time: dict[str, float] = {}  # detector -> latest event time in this message
+            late = 0
+            for eid, (elabels, rows) in entities.items():
+                det = pipe.detectors.get(eid.split("/", 1)[0])
+                if det is None:
+                    continue  # a detector removed since the sample was routed
+                if eid not in det.entities:
+                    stored = state.get(eid.encode())
+                    if stored is not None:  # recovered from the changelog after a restart/rebalance
+                        det.import_state(eid, stored)
+                if det.seen(eid, src_part, src_off):
+                    continue  # already folded in before a crash: at-least-once input, effectively-once state
+                late0 = det.late
+                ingest = det.ingest
+                if elabels is None:  # version-1 payload
+                    for metric, labels, ts, value, part, off in rows:
+                        alerts += ingest(metric, labels, ts, value, offset=off, partition=part, lane=lane)
+                else:
+                    hit = (eid, elabels)
+                    for metric, ts, value in rows:
+                        out = ingest(metric, elabels, ts, value, offset=src_off, partition=src_part, lane=lane,
+                                     entity=hit)
+                        if out:
+                            alerts += out
+                det.advance_cursor(eid, src_part, src_off)
+                late += det.late - late0
+                ent = det.entities[eid]
+                changed.append((det, ent.id))
+                name = det.spec.name
+                if ent.last_seen > evt_time.get(name, -float("inf")):
+                    evt_time[name] = ent.last_seen
+            if late:
+                m.EVENTS.labels(s.topic_metrics, "late").inc(late)
             await publish(alerts)
-            persist(det, eid)
+            wall = time.monotonic()
+            for det, eid in changed:
+                last_wall[eid] = wall
+                dirty[eid.encode()] = (det, eid)
             # housekeeping for this lane (partition), once per window of event time: close the
             # windows of entities that went quiet (well behind this lane's event time) and forget
             # entities idle for longer than STREAM_ENTITY_TTL_SECONDS
-            lane = event.message.partition
-            now_evt = det.entities[eid].last_seen
-            ck = (det.spec.name, lane)
-            if now_evt - lane_checked.get(ck, -float("inf")) >= det.spec.window:
+            for name, now_evt in evt_time.items():
+                det = pipe.detectors[name]
+                ck = (name, lane)
+                if now_evt - lane_checked.get(ck, -float("inf")) < det.spec.window:
+                    continue
                 lane_checked[ck] = now_evt
                 # an entity counts as quiet only if it is behind in event time AND has received
                 # nothing for STREAM_IDLE_CLOSE_SECONDS of wall time: input partitions are consumed
                 # unevenly during a replay, and another entity's event time must not close windows
                 # that are still receiving samples (they would turn into late samples)
-                wall = time.monotonic()
                 idle_after = s.idle_close_seconds
-                quiet, changed = det.advance_lane(
+                quiet, closed = det.advance_lane(
                     now_evt - 10 * det.spec.window - det.spec.allowed_lateness, lane,
                     may_close=lambda e: wall - last_wall.get(e, 0.0) >= idle_after)
                 await publish(quiet)
-                for other in changed:
+                for other in closed:
                     if other in det.entities:
-                        persist(det, other)
+                        dirty[other.encode()] = (det, det.entities[other].id)
                 for gone in det.expire(now_evt, s.entity_ttl_seconds, lane):
+                    key = gone.encode()
                     last_wall.pop(gone, None)
-                    state.pop(gone.encode(), None)
-                    state_sizes.pop(gone.encode(), None)
+                    dirty.pop(key, None)
+                    state.pop(key, None)
+                    state_sizes.pop(key, None)
 
     from stream.models_worker import register_model_agents
     register_model_agents(app, s, alerts_topic, deadletter_topic)

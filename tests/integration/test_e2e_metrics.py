@@ -130,7 +130,9 @@ def test_mixed_batch_keeps_good_samples(stream_env, tmp_path):
     assert len(dead) == 1 and dead[0]["batch_index"] == 1 and dead[0]["reason"] == "non_numeric"
     # the two good samples were forwarded to the detector's entity topic
     fwd = env.consume(f"{env.env['STREAM_APP_ID']}-entity-samples", until=lambda r: len(r) >= 1, timeout=30)
-    assert [s[3] for s in fwd[0]] == [1.0, 2.0]
+    assert len(fwd) == 1
+    (ent,) = fwd[0]["e"].values()
+    assert [row[2] for row in ent[1]] == [1.0, 2.0]
 
 
 def test_topics_apply_is_idempotent(stream_env):

@@ -1,0 +1,124 @@
+"""From validated samples to the internal topic and back (pure: no Faust, no network).
+
+The worker's ``ingest`` agent reads input messages whose samples belong to many entities (an
+exporter's batch); every entity's state must live on one partition of the internal topic
+``<app_id>-entity-samples`` (and of the state table's changelog, which Faust co-partitions with
+it). :class:`Router` groups the samples of one input message **per destination partition**: one
+internal message per partition that message touches, holding every entity's samples for that
+partition, rather than one message per entity. With exporters batching a few hundred series per
+message this divides the number of internal messages (each a produce, a fetch, a Faust event and
+an agent iteration) by the number of entities per partition.
+
+Format of an internal message (version 2; JSON)::
+
+    {"v": 2, "src": [source partition, source offset],
+     "e": {entity id: [entity labels, [[metric, ts, value], ...]], ...}}
+
+Every sample of one input message for one entity is in one internal message, so the entity's
+cursor of source offsets (:meth:`stream.detect.engine.Detector.seen`) still makes replays
+effectively-once. Version 1 (one message per entity, keyed by entity id, a list of
+``[metric, labels, ts, value, partition, offset]``) is still read, for a rolling upgrade.
+
+>>> from stream.detect.engine import Detector
+>>> from stream.detect.spec import DetectorSpec
+>>> from stream.events import decode_metrics
+>>> det = Detector(DetectorSpec(name="hosts", group_by=("host",)))
+>>> r = Router({"hosts": det}, partitions=4)
+>>> good, _ = decode_metrics(b'{"samples": [{"metric": "cpu", "labels": {"host": "a"}, "value": 1, "ts": 60},'
+...                          b'{"metric": "mem", "labels": {"host": "a"}, "value": 2, "ts": 60}]}',
+...                          max_bytes=10_000, max_batch=10)
+>>> [(p, decode_payload(raw, None)) for p, raw in r.route(good, 0, 17).items()]
+[(0, (0, 17, {'hosts/host=a': ({'host': 'a'}, [['cpu', 60.0, 1.0], ['mem', 60.0, 2.0]])}))]
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import orjson
+from aiokafka.partitioner import murmur2  # Kafka's murmur2 (pure Python); no client involved
+
+PAYLOAD_VERSION = 2
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives a keyed record (``toPositive(murmur2) % n``).
+
+    The same mapping as Faust's (aiokafka's) default partitioner for a keyed send, so entities
+    keep their partitions across the upgrade from one internal message per entity.
+
+    >>> partition_for(b"hosts/host=a", 4), partition_for(b"hosts/host=b", 4)
+    (0, 3)
+    """
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class Router:
+    """Routes samples to ``(partition, entity)`` for every detector that selects them.
+
+    ``detectors``: name -> :class:`stream.detect.engine.Detector` (only their specs are used).
+    Routing decisions are cached per series (a sample's metric and labels); the cache is bounded.
+    """
+
+    CACHE_MAX = 200_000
+
+    def __init__(self, detectors: dict[str, Any], partitions: int):
+        if partitions < 1:
+            raise ValueError("partitions must be >= 1")
+        self.specs = [d.spec for d in detectors.values()]
+        self.partitions = partitions
+        self._cache: dict[str, list[tuple[str, dict[str, str], int]]] = {}
+        self._part: dict[str, int] = {}
+
+    def targets(self, metric: str, labels: dict[str, str], series: str) -> list[tuple[str, dict[str, str], int]]:
+        """``[(entity id, entity labels, partition)]`` of one series (one per selecting detector)."""
+        hits = self._cache.get(series)
+        if hits is None:
+            hits = []
+            for spec in self.specs:
+                hit = spec.entity_of(metric, labels)
+                if hit is not None:
+                    eid, elabels = hit
+                    p = self._part.get(eid)
+                    if p is None:
+                        p = self._part[eid] = partition_for(eid.encode(), self.partitions)
+                    hits.append((eid, elabels, p))
+            if len(self._cache) >= self.CACHE_MAX:
+                self._cache.clear()
+                self._part.clear()
+            self._cache[series] = hits
+        return hits
+
+    def group(self, samples: Iterable[Any]) -> dict[int, dict[str, list]]:
+        """partition -> {entity id: [entity labels, [[metric, ts, value], ...]]}"""
+        out: dict[int, dict[str, list]] = {}
+        targets = self.targets
+        for s in samples:
+            for eid, elabels, p in targets(s.metric, s.labels, s.series):
+                ents = out.get(p)
+                if ents is None:
+                    ents = out[p] = {}
+                ent = ents.get(eid)
+                if ent is None:
+                    ent = ents[eid] = [elabels, []]
+                ent[1].append((s.metric, s.ts, s.value))
+        return out
+
+    def route(self, samples: Iterable[Any], src_partition: int, src_offset: int) -> dict[int, bytes]:
+        """partition -> the internal message (version 2) for it."""
+        return {p: orjson.dumps({"v": PAYLOAD_VERSION, "src": [src_partition, src_offset], "e": ents})
+                for p, ents in self.group(samples).items()}
+
+
+def decode_payload(raw: bytes, key: bytes | None) -> tuple[int, int, dict[str, tuple[dict[str, str] | None, list]]]:
+    """``(source partition, source offset, {entity id: (entity labels or None, rows)})``.
+
+    Version-2 rows are ``[metric, ts, value]``; version-1 payloads (a list, keyed by entity id)
+    come back as ``(None, [[metric, labels, ts, value, partition, offset], ...])``.
+    """
+    obj = orjson.loads(raw)
+    if isinstance(obj, list):  # version 1: one entity per message
+        return obj[0][4], obj[0][5], {key.decode(): (None, obj)}
+    if obj.get("v") != PAYLOAD_VERSION:
+        raise ValueError(f"unsupported internal payload version {obj.get('v')!r}")
+    src = obj["src"]
+    return src[0], src[1], {eid: (v[0], v[1]) for eid, v in obj["e"].items()}

@@ -1,0 +1,97 @@
+"""Routing samples to internal-topic partitions, and the decoder's cached fast path."""
+from __future__ import annotations
+
+import math
+
+import orjson
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given, settings as hsettings, strategies as st
+
+from stream import events
+from stream.detect.engine import Detector
+from stream.detect.spec import DetectorSpec
+from stream.events import Sample, decode_metrics
+from stream.routing import Router, decode_payload, partition_for
+
+
+def _samples(n_hosts: int, metrics=("cpu", "mem"), ts=60.0):
+    return [{"metric": m, "labels": {"host": f"h{h}", "dc": "x"}, "value": float(h), "ts": ts}
+            for h in range(n_hosts) for m in metrics]
+
+
+def test_partition_is_kafkas_default_partitioner_for_the_entity_key():
+    part = DefaultPartitioner()
+    for i in range(500):
+        key = f"hosts/host=h{i}".encode()
+        assert partition_for(key, 8) == part(key, list(range(8)), list(range(8)))
+
+
+def test_one_internal_message_per_partition_holding_every_entity_of_it():
+    hosts = Detector(DetectorSpec(name="hosts", group_by=("host",)))
+    dcs = Detector(DetectorSpec(name="dcs", group_by=("dc",)))
+    router = Router({"hosts": hosts, "dcs": dcs}, partitions=4)
+    good, bad = decode_metrics(orjson.dumps({"samples": _samples(40)}), max_bytes=1 << 20, max_batch=1000)
+    assert not bad
+    out = router.route(good, 3, 99)
+    assert 1 <= len(out) <= 4
+    seen: dict[str, list] = {}
+    for part, raw in out.items():
+        src_p, src_o, ents = decode_payload(raw, None)
+        assert (src_p, src_o) == (3, 99)
+        for eid, (labels, rows) in ents.items():
+            assert partition_for(eid.encode(), 4) == part  # each entity on its own partition
+            assert eid not in seen  # and in exactly one message
+            seen[eid] = rows
+            if eid.startswith("hosts/"):
+                assert labels == {"host": eid.split("=")[1]}
+    assert len(seen) == 41  # 40 hosts + 1 dc
+    assert sorted(map(tuple, seen["dcs/dc=x"])) == sorted((s.metric, s.ts, s.value) for s in good)
+    assert [r[2] for r in seen["hosts/host=h7"]] == [7.0, 7.0]
+
+
+def test_routing_is_the_same_from_the_cache():
+    det = Detector(DetectorSpec(name="hosts", group_by=("host",)))
+    router = Router({"hosts": det}, partitions=8)
+    good, _ = decode_metrics(orjson.dumps({"samples": _samples(50)}), max_bytes=1 << 20, max_batch=1000)
+    first = router.route(good, 0, 1)
+    again = router.route(good, 0, 1)
+    assert first == again and router._cache
+
+
+def test_version_1_payloads_are_still_read():
+    raw = orjson.dumps([["cpu", {"host": "a"}, 60.0, 1.5, 2, 41], ["mem", {"host": "a"}, 60.0, 2.5, 2, 41]])
+    p, o, ents = decode_payload(raw, b"hosts/host=a")
+    assert (p, o) == (2, 41) and list(ents) == ["hosts/host=a"]
+    assert ents["hosts/host=a"][0] is None and ents["hosts/host=a"][1][1][3] == 2.5
+
+
+_label_value = st.one_of(st.text(max_size=5), st.integers(), st.none(), st.lists(st.integers(), max_size=2))
+_sample = st.fixed_dictionaries(
+    {"metric": st.one_of(st.sampled_from(["cpu", "up", "bad name", ""]), st.integers()),
+     "value": st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-2 ** 70, max_value=2 ** 70),
+                        st.booleans(), st.text(max_size=3), st.none()),
+     "ts": st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-10, max_value=2 ** 70),
+                     st.booleans(), st.none())},
+    optional={"labels": st.one_of(st.dictionaries(st.sampled_from(["host", "dc", "1bad", "a-b"]), _label_value, max_size=3),
+                                  st.none(), st.lists(st.text(), max_size=1)),
+              "extra": st.integers()})
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(st.lists(_sample, min_size=1, max_size=6))
+def test_cached_fast_path_accepts_and_rejects_exactly_what_the_full_check_does(items):
+    # warm the caches with valid samples of the same metric names and label sets
+    for it in items:
+        warm = {"metric": it["metric"], "value": 1.0, "ts": 1.0}
+        if "labels" in it:
+            warm["labels"] = it["labels"]
+        events._check_sample(warm)
+    for it in items:
+        fast = events._check_sample(it)
+        full = events._check_sample_full(it)
+        if isinstance(full, Sample):
+            assert isinstance(fast, Sample)
+            assert (fast.metric, fast.labels, fast.series) == (full.metric, full.labels, full.series)
+            assert fast.value == full.value and fast.ts == full.ts and math.isfinite(fast.value)
+        else:
+            assert fast == full
