@@ -147,21 +147,25 @@ class MonitorProcessor:
         mons = self.mons
         offsets = self.offsets
         lane_now = self.lane_now.get(partition, -math.inf)
-        last_model = None
-        for item in good:
-            model = item.model
-            if model != last_model:  # a batch is mostly one model: look it up once per run
-                self.recover(model)
-                skip = offsets.get(model, {}).get(where, -1) >= offset
-                last_model = model
-            if skip:
+        i, n = 0, len(good)
+        while i < n:  # runs of consecutive items of one model (a batch is mostly one model)
+            model = good[i].model
+            j = i + 1
+            while j < n and good[j].model == model:
+                j += 1
+            run = good[i:j] if (i or j < n) else good
+            i = j
+            self.recover(model)
+            if offsets.get(model, {}).get(where, -1) >= offset:
                 continue  # already in the recovered state (replay after a restart)
             if fb_topic:
-                alerts += mons.feedback(item, partition, offset)
+                for item in run:
+                    alerts += mons.feedback(item, partition, offset)
             else:
-                alerts += mons.observe(item, partition, offset)
-            if item.ts > lane_now:
-                lane_now = item.ts
+                alerts += mons.observe_many(run, partition, offset)
+            ts = max(item.ts for item in run)
+            if ts > lane_now:
+                lane_now = ts
             touched.add(model)
         self.lane_now[partition] = lane_now
         for model in touched:

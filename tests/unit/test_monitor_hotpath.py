@@ -99,3 +99,76 @@ def test_scan_records_equals_type_of_and_to_float(rows):
             want = _to_float(row.get(k))
             assert (math.isnan(X[r, c]) and math.isnan(want)) or X[r, c] == want
     assert extra == [r for r, row in enumerate(rows) if "new" in row]
+
+
+def _stream(seed=0, n=3000):
+    from stream.inference_events import Feedback
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        model = "a" if rng.random() < 0.7 else "b"
+        version = "v1" if i < n // 2 or rng.random() < 0.3 else "v2"
+        shift = 1.5 if i > n * 0.6 else 0.0
+        rid = f"r{i}" if rng.random() > 0.01 else "dup"  # a few repeated request ids
+        items.append(Inference(model, version, rid, 1.7e9 + i, {"x": float(rng.normal(shift)),
+                                                               "c": str(rng.choice(list("pqr")))},
+                               int(rng.random() < 0.3 + 0.3 * (shift > 0)), None, None))
+        if rng.random() < 0.5:
+            items.append(Feedback(model, version, rid, int(rng.random() < 0.3), 1.7e9 + i + 2))
+    return items
+
+
+def test_observe_many_is_observe_in_order():
+    from stream.detect.monitor import Monitors
+    from stream.detect.monitor_spec import MonitorSpec
+    from stream.inference_events import Feedback
+    spec = MonitorSpec(baseline_size=200, window=100, compare_every=20, max_versions=2,
+                       performance=__import__("stream.detect.monitor_spec", fromlist=["x"]).PerformancePolicy(
+                           max_pending=150, join_ttl_seconds=400.0))
+    items = _stream()
+    one, many = Monitors([spec]), Monitors([spec])
+    a1, a2 = [], []
+    batch: list = []
+    for it in items:
+        if isinstance(it, Feedback):
+            a1 += one.feedback(it)
+            a2 += many.observe_many(batch)
+            batch = []
+            a2 += many.feedback(it)
+        else:
+            a1 += one.observe(it)
+            batch.append(it)
+            if len(batch) == 7:
+                a2 += many.observe_many(batch)
+                batch = []
+    a2 += many.observe_many(batch)
+    strip = lambda al: [{k: v for k, v in a.items() if k != "created_at"} for a in al]  # noqa: E731
+    assert a1 and strip(a1) == strip(a2)
+    for m in ("a", "b"):
+        assert one.export_state(m) == many.export_state(m)
+        assert one.models[m].stats == many.models[m].stats
+
+
+def test_state_with_the_first_join_store_format_still_loads():
+    import struct
+    from stream.detect.monitor import Monitors
+    from stream.detect.monitor_spec import MonitorSpec
+    mon = Monitors([MonitorSpec(baseline_size=50)])
+    for it in _stream(n=300):
+        if isinstance(it, Inference):
+            mon.observe(it)
+        else:
+            mon.feedback(it)
+    blob = mon.export_state("a")
+    (n,) = struct.unpack_from("<I", blob, 1)
+    head = orjson.loads(blob[5:5 + n])
+    assert isinstance(head["pending_inf"], dict) and head["pending_inf"]["ids"]
+    for k in ("pending_inf", "pending_fb"):  # the first format: [id, *entry] rows
+        head[k] = [[i, *e] for i, e in zip(head[k]["ids"], head[k]["entries"])]
+    h = orjson.dumps(head)
+    old = blob[:1] + struct.pack("<I", len(h)) + h + blob[5 + n:]
+    again = Monitors([MonitorSpec(baseline_size=50)])
+    again.import_state("a", old)
+    assert again.models["a"].pending_inf == mon.models["a"].pending_inf
+    assert again.models["a"].pending_fb == mon.models["a"].pending_fb
+    assert again.export_state("a") == blob
