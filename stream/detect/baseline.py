@@ -620,11 +620,15 @@ class SlidingWindow:
     (3, [2.5, 3.5], [0, 2], 4)
     """
 
-    def __init__(self, baseline: Baseline, size: int = DEFAULT_WINDOW):
+    def __init__(self, baseline: Baseline, size: int = DEFAULT_WINDOW, *, ks_cells: bool = True):
         if size < 1:
             raise ValueError("window size must be >= 1")
         self.baseline = baseline
         self.size = int(size)
+        #: keep per-feature counts against the reference sample's points (KS statistic of every
+        #: feature without sorting); False: ``compare`` sorts the window column of each feature
+        #: it runs the KS test for (cheaper per event when few features need it)
+        self.ks_cells = bool(ks_cells)
         P = baseline.packed()
         self._P = P
         Fn, Fc = len(baseline.numeric), len(baseline.categorical)
@@ -632,7 +636,8 @@ class SlidingWindow:
         self._bins = np.full((self.size, Fn), -1, dtype=np.int32)
         self._cells = np.full((self.size, Fn), -1, dtype=np.int32)
         self._bin_counts = np.zeros_like(P.ref_counts)
-        self._cell_counts = np.zeros((Fn, P.n_cells), dtype=np.int64)
+        self._n_uniq = P.n_uniq if self.ks_cells else np.zeros(Fn, dtype=np.int32)
+        self._cell_counts = np.zeros((Fn, P.n_cells if self.ks_cells else 1), dtype=np.int64)
         self._null = np.zeros(Fn, dtype=np.int64)
         self._codes = np.full((self.size, Fc), -1, dtype=np.int32)
         self._cat_counts = np.zeros_like(P.cat_ref_counts)
@@ -647,7 +652,7 @@ class SlidingWindow:
         return self.filled
 
     def reset(self) -> None:
-        self.__init__(self.baseline, self.size)
+        self.__init__(self.baseline, self.size, ks_cells=self.ks_cells)
 
     def update(self, numeric=None, categorical=None, *, codes=None) -> None:
         """Add a batch of rows.
@@ -688,7 +693,7 @@ class SlidingWindow:
             C = np.full((n, Fc), -1, dtype=np.int32)
         P = self._P
         pos, filled = _binning.window_update_numeric(
-            X, P.inner, P.n_inner, P.uniq, P.n_uniq, self._vals, self._bins, self._cells,
+            X, P.inner, P.n_inner, P.uniq, self._n_uniq, self._vals, self._bins, self._cells,
             self._bin_counts, self._cell_counts, self._null, self.pos, self.filled)
         _binning.window_update_codes(C, self._codes, self._cat_counts, self._cat_null,
                                      self.pos, self.filled)
@@ -770,18 +775,19 @@ class SlidingWindow:
         """
         order = self._order()
         return _dump(_KIND_WINDOW, {
-            "size": self.size, "n_seen": self.n_seen,
+            "size": self.size, "n_seen": self.n_seen, "ks_cells": self.ks_cells,
             "numeric": list(self.baseline.numeric_names),
             "categorical": list(self.baseline.categorical_names),
         }, [self._vals[order], self._codes[order]])
 
     @classmethod
-    def from_bytes(cls, data: bytes, baseline: Baseline) -> SlidingWindow:
+    def from_bytes(cls, data: bytes, baseline: Baseline, ks_cells: bool | None = None) -> SlidingWindow:
+        """A saved window; ``ks_cells`` None keeps the saved choice."""
         meta, (vals, codes) = _load(data, _KIND_WINDOW)
         if (tuple(meta["numeric"]) != baseline.numeric_names
                 or tuple(meta["categorical"]) != baseline.categorical_names):
             raise ValueError("window was saved against a baseline with other features")
-        w = cls(baseline, meta["size"])
+        w = cls(baseline, meta["size"], ks_cells=meta.get("ks_cells", True) if ks_cells is None else ks_cells)
         if vals.shape[1] or codes.shape[1]:
             w.update(vals if vals.shape[1] else None, codes=codes if codes.shape[1] else None)
         else:  # a baseline without features: only the row count matters
@@ -902,7 +908,14 @@ def compare(baseline: Baseline, window: SlidingWindow, *, warn: float = PSI_WARN
         _binning.psi_js(P.ref_counts, window._bin_counts, P.n_bins, eps, psi_v, js_v)
         d = np.empty(Fn)
         n_ks = n_cur if ks_min_psi is None else np.where(psi_v >= ks_min_psi, n_cur, 0)
-        _binning.ks_from_cells(window._cell_counts, P.ucum, P.n_uniq, P.n_sample, n_ks, d)
+        if window.ks_cells:
+            _binning.ks_from_cells(window._cell_counts, P.ucum, P.n_uniq, P.n_sample, n_ks, d)
+        else:  # sort the window column of each feature tested (the window's order is irrelevant)
+            d.fill(np.nan)
+            for i in np.flatnonzero((n_ks > 0) & (P.n_sample > 0)):
+                col = window._vals[: window.filled, i]
+                col = np.sort(col[~np.isnan(col)])
+                d[i] = _binning.ks_stat_sorted(baseline.numeric[i].sample, col)
         if ks_method is None:
             ks_d, ks_p = d, np.full(Fn, np.nan)
         else:

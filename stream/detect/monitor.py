@@ -265,8 +265,10 @@ class VersionMonitor:
         self.frozen = frozen
         self.rows = []
         self._field_table()
-        self.window = SlidingWindow(frozen.inputs, self.spec.window)
-        self.pwindow = SlidingWindow(frozen.preds, self.spec.window) if (frozen.preds is not None and self.spec.prediction) else None
+        # KS statistics by sorting the few features whose PSI calls for the test (see _drift)
+        self.window = SlidingWindow(frozen.inputs, self.spec.window, ks_cells=False)
+        self.pwindow = (SlidingWindow(frozen.preds, self.spec.window, ks_cells=False)
+                        if (frozen.preds is not None and self.spec.prediction) else None)
 
     def _field_table(self) -> None:
         frozen = self.frozen
@@ -650,8 +652,8 @@ class VersionMonitor:
         if parts[1]:
             vm.frozen = _Frozen.from_bytes(parts[1])
             vm._field_table()
-            vm.window = SlidingWindow.from_bytes(parts[2], vm.frozen.inputs)
-            vm.pwindow = SlidingWindow.from_bytes(parts[3], vm.frozen.preds) if parts[3] else None
+            vm.window = SlidingWindow.from_bytes(parts[2], vm.frozen.inputs, ks_cells=False)
+            vm.pwindow = SlidingWindow.from_bytes(parts[3], vm.frozen.preds, ks_cells=False) if parts[3] else None
         vm.rows = head["rows"]
         vm.pending = [tuple(r) for r in head["pending"]]
         W = spec.window

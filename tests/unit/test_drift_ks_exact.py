@@ -63,7 +63,7 @@ def test_streaming_window_pvalues_equal_scipy_random_and_tied(data):
                                       min_size=n_ref, max_size=n_ref)))
     base = Baseline.fit(ref, bins=data.draw(st.integers(1, 8)),
                         sample_size=data.draw(st.integers(1, 60)))
-    win = SlidingWindow(base, size=data.draw(st.integers(1, 70)))
+    win = SlidingWindow(base, size=data.draw(st.integers(1, 70)), ks_cells=data.draw(st.booleans()))
     for _ in range(data.draw(st.integers(1, 3))):
         n = data.draw(st.integers(1, 50))
         win.update(np.array(data.draw(st.lists(st.lists(values, min_size=F, max_size=F),
@@ -93,10 +93,11 @@ def test_streaming_window_pvalues_adversarial():
     base = Baseline.fit(ref, names=names, bins=10, sample_size=2000)
     worst = 0.0
     for size in (1, 2, 37, 500, 900):  # one-row windows; sizes unequal to the sample's
-        win = SlidingWindow(base, size=size)
-        for i in range(0, cur.shape[0], 128):
-            win.update(cur[i:i + 128])
-        worst = max(worst, assert_window_matches_scipy(base, win))
+        for cells in (True, False):  # KS from the reference-point counts, or by sorting
+            win = SlidingWindow(base, size=size, ks_cells=cells)
+            for i in range(0, cur.shape[0], 128):
+                win.update(cur[i:i + 128])
+            worst = max(worst, assert_window_matches_scipy(base, win))
     assert worst <= TOL
 
 
