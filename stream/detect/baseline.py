@@ -891,8 +891,8 @@ def compare(baseline: Baseline, window: SlidingWindow, *, warn: float = PSI_WARN
     A feature with no non-null value on a side gets NaN statistics, severity "none" and a
     ``reason``. ``FeatureDrift.ks_n_reference`` is the reference sample's size (the KS test's
     first sample), which the bounded baseline caps (``sample_size``). With ``ks_min_psi``, the
-    KS test is run only for numeric features whose PSI reached it (the others get NaN KS
-    values): for a caller whose drift rule needs both.
+    distribution tests (KS, chi-square) are run only for features whose PSI reached it (the
+    others get NaN test values): for a caller whose drift rule needs both.
     """
     if window.baseline is not baseline and (
             window.baseline.numeric_names != baseline.numeric_names
@@ -937,8 +937,11 @@ def compare(baseline: Baseline, window: SlidingWindow, *, warn: float = PSI_WARN
         _binning.psi_js(P.cat_ref_counts, window._cat_counts, P.cat_bins, eps, psi_c, js_c)
         for j, b in enumerate(baseline.categorical):
             k = b.n_bins
-            chi2, chi2_p = _chi2_table(P.cat_ref_counts[j, :k].astype(np.float64),
-                                       window._cat_counts[j, :k].astype(np.float64))
+            if ks_min_psi is not None and not psi_c[j] >= ks_min_psi:
+                chi2, chi2_p = math.nan, math.nan
+            else:
+                chi2, chi2_p = _chi2_table(P.cat_ref_counts[j, :k].astype(np.float64),
+                                           window._cat_counts[j, :k].astype(np.float64))
             nr, nc = int(P.cat_n_ref[j]), int(n_cur_c[j])
             p = float(psi_c[j])
             sev = severity(p, warn, drift)

@@ -34,7 +34,7 @@ import math
 import pickle
 import struct
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -673,11 +673,48 @@ class VersionMonitor:
         return vm
 
 
-def _store(data) -> OrderedDict:
-    """A join store from its serialised form: columnar, or the first format's [id, *entry] rows."""
-    if isinstance(data, dict):
-        return OrderedDict(zip(data["ids"], map(tuple, data["entries"])))
-    return OrderedDict((r[0], tuple(r[1:])) for r in data)
+class _JoinStore(dict):
+    """request id -> entry (a tuple whose [2] is the event time), oldest first, FIFO-expired.
+
+    A plain dict (lookups, and listing it for a snapshot, at C speed; ``OrderedDict`` lists
+    15x slower) with a deque of ``(request id, entry)`` in insertion order for expiry; a
+    deque item whose entry is no longer the stored one (joined, or put again) is skipped.
+    """
+
+    __slots__ = ("order",)
+
+    def __init__(self):
+        super().__init__()
+        self.order: deque = deque()
+
+    def put(self, rid: str, entry: tuple) -> None:
+        """Store ``entry``; a request id put again moves to the end."""
+        if rid in self:
+            del self[rid]
+        self[rid] = entry
+        self.order.append((rid, entry))
+
+    def expire(self, horizon: float, cap: int) -> int:
+        """Drop the oldest entries while more than ``cap`` or older than ``horizon``; how many."""
+        order = self.order
+        n = 0
+        while order and (len(self) > cap or order[0][1][2] < horizon):
+            rid, entry = order.popleft()
+            if self.get(rid) is entry:
+                del self[rid]
+                n += 1
+        if len(order) > 2 * len(self) + 1024:  # mostly joined entries: rebuild
+            self.order = deque(self.items())
+        return n
+
+    @classmethod
+    def load(cls, data) -> "_JoinStore":
+        """From its serialised form: columnar, or the first format's [id, *entry] rows."""
+        st = cls()
+        pairs = zip(data["ids"], data["entries"]) if isinstance(data, dict) else ((r[0], r[1:]) for r in data)
+        for rid, entry in pairs:
+            st.put(rid, tuple(entry))
+        return st
 
 
 # =============================================================================== per model
@@ -692,8 +729,8 @@ class ModelMonitor:
         self.feedback_topic = feedback_topic
         self.reference = reference
         self.versions: OrderedDict[str, VersionMonitor] = OrderedDict()  # least recently seen first
-        self.pending_inf: OrderedDict[str, tuple] = OrderedDict()  # request_id -> (version, prediction, ts)
-        self.pending_fb: OrderedDict[str, tuple] = OrderedDict()  # request_id -> (version, label, ts, part, off)
+        self.pending_inf = _JoinStore()  # request_id -> (version, prediction, ts)
+        self.pending_fb = _JoinStore()  # request_id -> (version, label, ts, part, off)
         self.now = -math.inf  # the model's event time (max ts seen)
         self.stats = Counter()  # joined, feedback_expired_unmatched, inferences_expired_unlabelled, ...
 
@@ -713,12 +750,13 @@ class ModelMonitor:
     def _expire(self) -> None:
         pol = self.spec.performance
         horizon = self.now - pol.join_ttl_seconds
-        cap = pol.max_pending
-        for store, counter in ((self.pending_inf, "inferences_expired_unlabelled"),
-                               (self.pending_fb, "feedback_expired_unmatched")):
-            while store and (len(store) > cap or next(iter(store.values()))[2] < horizon):
-                store.popitem(last=False)
-                self.stats[counter] += 1
+        n = self.pending_inf.expire(horizon, pol.max_pending)
+        if n:
+            self.stats["inferences_expired_unlabelled"] += n
+        if self.pending_fb:
+            n = self.pending_fb.expire(horizon, pol.max_pending)
+            if n:
+                self.stats["feedback_expired_unmatched"] += n
 
     def observe(self, inf, partition: int = -1, offset: int = -1) -> list[dict]:
         """One decoded :class:`stream.inference_events.Inference` of this model."""
@@ -732,8 +770,7 @@ class ModelMonitor:
                 self.stats["joined"] += 1
                 out += vm.on_pair(inf.prediction, fb[1], inf.ts, fb[2], self._fb_source(fb[3], fb[4]))
             else:
-                self.pending_inf[inf.request_id] = (inf.version, inf.prediction, inf.ts)
-                self.pending_inf.move_to_end(inf.request_id)
+                self.pending_inf.put(inf.request_id, (inf.version, inf.prediction, inf.ts))
             self._expire()
         return out
 
@@ -759,9 +796,7 @@ class ModelMonitor:
                     self.stats["joined"] += 1
                     out += vm.on_pair(inf.prediction, fb[1], inf.ts, fb[2], self._fb_source(fb[3], fb[4]))
                 else:
-                    if rid in pending_inf:
-                        del pending_inf[rid]  # a repeated request id moves to the end
-                    pending_inf[rid] = (ver, inf.prediction, inf.ts)
+                    pending_inf.put(rid, (ver, inf.prediction, inf.ts))
                 self._expire()
         return out
 
@@ -784,8 +819,7 @@ class ModelMonitor:
             else:
                 out = vm.on_pair(inf[1], fb.label, inf[2], fb.ts, self._fb_source(partition, offset))
         else:  # the label came first: it waits for its inference
-            self.pending_fb[fb.request_id] = (fb.version, fb.label, fb.ts, partition, offset)
-            self.pending_fb.move_to_end(fb.request_id)
+            self.pending_fb.put(fb.request_id, (fb.version, fb.label, fb.ts, partition, offset))
             if fb.ts > self.now:
                 self.now = fb.ts
         self._expire()
@@ -836,8 +870,8 @@ class ModelMonitor:
         mm = cls(spec, head["model"], source_topic=source_topic, feedback_topic=feedback_topic, reference=reference)
         mm.now = head["now"] if head["now"] is not None else -math.inf
         mm.stats = Counter(head["stats"])
-        mm.pending_inf = _store(head["pending_inf"])
-        mm.pending_fb = _store(head["pending_fb"])
+        mm.pending_inf = _JoinStore.load(head["pending_inf"])
+        mm.pending_fb = _JoinStore.load(head["pending_fb"])
         o = 5 + n
         for v in head["versions"]:
             (m,) = struct.unpack_from("<I", data, o)

@@ -172,3 +172,33 @@ def test_state_with_the_first_join_store_format_still_loads():
     assert again.models["a"].pending_inf == mon.models["a"].pending_inf
     assert again.models["a"].pending_fb == mon.models["a"].pending_fb
     assert again.export_state("a") == blob
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from(["put", "pop", "expire"]), st.integers(0, 12), st.integers(0, 40)),
+                max_size=200))
+def test_join_store_is_a_fifo_expiring_ordered_dict(ops):
+    from collections import OrderedDict
+
+    from stream.detect.monitor import _JoinStore
+    js, ref = _JoinStore(), OrderedDict()
+    now = 0
+    for op, key, t in ops:
+        rid = f"r{key}"
+        if op == "put":
+            now += 1
+            js.put(rid, ("v", key, float(now)))
+            ref[rid] = ("v", key, float(now))
+            ref.move_to_end(rid)
+        elif op == "pop":
+            assert js.pop(rid, None) == ref.pop(rid, None)
+        else:
+            cap, horizon = t % 7, float(now - t)
+            n = 0
+            while ref and (len(ref) > cap or next(iter(ref.values()))[2] < horizon):
+                ref.popitem(last=False)
+                n += 1
+            assert js.expire(horizon, cap) == n
+        assert list(js.items()) == list(ref.items())
+    again = _JoinStore.load({"ids": list(js), "entries": list(js.values())})
+    assert list(again.items()) == list(ref.items())
