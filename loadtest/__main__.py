@@ -11,8 +11,9 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser(
         "run", help="run the load test and write a report",
-        description="Generate N entities x M metrics (daily pattern + noise, one batched message per entity per "
-        "scrape, injected anomalies of six kinds), run one `stream worker` in an isolated deployment against the "
+        description="Generate N entities x M metrics (daily pattern + noise; --batch entities' scrapes per message, "
+        "as a collector sends them; injected anomalies of six kinds), run one `stream worker` in an isolated "
+        "deployment against the "
         "broker at max rate and then at a fixed rate, run the ceiling (bare consumer) and the naive pipeline "
         "(Faust + river HST per sample) on the same data, and write OUT.json, OUT.md and OUT-*.png. "
         "Event time is a history replay: it runs much faster than wall time, so windows close quickly.")
@@ -24,6 +25,8 @@ def main(argv=None) -> int:
                    "or 127.0.0.1:9092)")
     r.add_argument("--entities", type=int, help="entities (default 1000; quick 200)")
     r.add_argument("--metrics", type=int, help="metrics per entity (default 5)")
+    r.add_argument("--batch", type=int, help="entities per input message, i.e. batch x metrics samples per message "
+                   "(default 25: 125 samples, a small collector / remote-write batch; 1: one message per entity)")
     r.add_argument("--step", type=float, help="scrape interval in event-time seconds (default 30)")
     r.add_argument("--hours", type=float, help="event time replayed in the max-rate phase (default 3; quick 2)")
     g = r.add_mutually_exclusive_group()
@@ -50,7 +53,7 @@ def main(argv=None) -> int:
         cfg.entities, cfg.hours, cfg.duration, cfg.step, cfg.per_kind = 100, 2.0, 30.0, 30.0, 3
         cfg.durations = {"level": 1200.0, "variance": 900.0, "drift": 2400.0, "missing": 900.0}
     cfg.bootstrap = args.bootstrap or os.environ.get("STREAM_BOOTSTRAP_SERVERS", cfg.bootstrap)
-    for name in ("entities", "metrics", "step", "hours", "rate", "second_rate", "duration", "partitions", "per_kind"):
+    for name in ("entities", "metrics", "batch", "step", "hours", "rate", "second_rate", "duration", "partitions", "per_kind"):
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
@@ -59,6 +62,8 @@ def main(argv=None) -> int:
     if args.kinds:
         cfg.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     cfg.keep_topics = args.keep_topics
+    if cfg.batch < 1:
+        p.error("--batch must be >= 1")
     report = run(cfg, args.report)
     print(args.report.with_suffix(".md").read_text())
     return 0 if report else 1

@@ -17,7 +17,8 @@ def markdown(r: dict, plots: list[str]) -> str:
     lines = [
         f"# Load test {c['tag']}{' (--quick)' if c.get('quick') else ''}",
         "",
-        f"{c['entities']:,} entities × {c['metrics']} metrics, one batched message per entity per scrape "
+        f"{c['entities']:,} entities × {c['metrics']} metrics, {c.get('batch', 1)} entities' scrapes "
+        f"({c.get('batch', 1) * c['metrics']} samples) per message "
         f"(every {c['step']:g} s of event time), {c['hours']:g} h of event time replayed; spec `loadtest` "
         f"(`group_by: [entity]`), {c['partitions']} partitions, one worker, {c.get('cores')} cores (shared). "
         f"Run took {r.get('wall_seconds', 0):.0f} s.",

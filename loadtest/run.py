@@ -54,6 +54,7 @@ class Config:
     window: float = 60.0
     quick: bool = False
     keep_topics: bool = False
+    batch: int = 25  # entities per message (x metrics samples), as a collector batches
     references: bool = True
     timeout: float = 600.0  # per phase, to catch up
 
@@ -140,21 +141,41 @@ class Sampler(threading.Thread):
 
 # --------------------------------------------------------------------------------- produce
 class Feed:
-    """Pre-serialized messages of a range of scrapes (the same bytes for every system)."""
+    """Pre-serialized messages of a range of scrapes (the same bytes for every system).
 
-    def __init__(self, wl: Workload, k0: int, k1: int):
+    ``batch`` entities' scrapes go into one message (``{"samples": [...]}`` of batch x M samples),
+    as a collector or Prometheus remote-write batches series; keyed ``b<i>`` by the batch's index
+    within the scrape, so batches spread over the partitions. ``batch=1``: one message per entity.
+    """
+
+    def __init__(self, wl: Workload, k0: int, k1: int, batch: int = 1):
         self.k0, self.k1 = k0, k1
-        self.ent: list[int] = []
-        self.step: list[int] = []
+        self.ent: list[int] = []  # per (scrape, entity) sent: the entity,
+        self.step: list[int] = []  # the scrape,
+        self.msg: list[int] = []  # and the index of the message that carries it
         self.keys: list[bytes] = []
         self.values: list[bytes] = []
+        n_entity_msgs = 0
         for k, msgs in wl.messages(k0, k1):
-            for e, key, val in msgs:
-                self.ent.append(e)
-                self.step.append(k)
-                self.keys.append(key)
-                self.values.append(val)
-        self.samples = len(self.values) * wl.metrics
+            # an entity is always in batch e // batch (sent with key b<e // batch>), whether or not
+            # others are missing from the scrape: its samples stay on one partition, in order
+            groups: dict[int, list] = {}
+            for item in msgs:
+                groups.setdefault(item[0] // batch, []).append(item)
+            for bi, chunk in groups.items():
+                for e, _key, _val in chunk:
+                    self.ent.append(e)
+                    self.step.append(k)
+                    self.msg.append(len(self.values))
+                n_entity_msgs += len(chunk)
+                if batch == 1:
+                    self.keys.append(chunk[0][1])
+                    self.values.append(chunk[0][2])
+                else:  # join the sample arrays of {"samples":[...]} without re-encoding
+                    inner = b",".join(v[len(b'{"samples":['):-2] for _e, _k, v in chunk)
+                    self.keys.append(b"b%d" % bi)
+                    self.values.append(b'{"samples":[' + inner + b"]}")
+        self.samples = n_entity_msgs * wl.metrics
 
     def __len__(self) -> int:
         return len(self.values)
@@ -498,7 +519,7 @@ def close_times(wl: Workload, feeds: list[Feed], times: list[np.ndarray], total_
     """Produce wall time of each (scrape, entity) message; NaN where the message was lost."""
     pt = np.full((total_steps, wl.entities), np.nan)
     for feed, t in zip(feeds, times):
-        pt[np.asarray(feed.step), np.asarray(feed.ent)] = t
+        pt[np.asarray(feed.step), np.asarray(feed.ent)] = t[np.asarray(feed.msg)]
     return pt
 
 
@@ -620,7 +641,7 @@ def run(cfg: Config, report_path: Path) -> dict:
     log(f"load test {tag}: {cfg.entities} entities x {cfg.metrics} metrics, scrape every {cfg.step:g}s, "
         f"{cfg.hours:g} h of event time; {len(wl.anomalies)} injections; tmp {tmp}")
     t = time.time()
-    feed1 = Feed(wl, 0, k1)
+    feed1 = Feed(wl, 0, k1, cfg.batch)
     log(f"generated {len(feed1):,} messages / {feed1.samples:,} samples in {time.time() - t:.1f}s")
     report: dict = {"config": {**asdict(cfg), "tag": tag, "scrape_interval_s": cfg.step,
                                "event_time_start": t0_evt, "spec": spec_yaml(cfg.window),
@@ -644,10 +665,11 @@ def run(cfg: Config, report_path: Path) -> dict:
         if cfg.duration > 0:
             rate2 = cfg.second_rate or 0.5 * svc["messages_per_s"]
             n2 = int(rate2 * cfg.duration)
-            k2 = k1 + max(1, math.ceil(n2 / cfg.entities))
+            per_scrape = math.ceil(cfg.entities / cfg.batch)  # messages per scrape
+            k2 = k1 + max(1, math.ceil(n2 / per_scrape))
             # more injections in the short fixed-rate phase: its alerts are the latency sample
             wl.schedule(k1, k2, max(per_kind, cfg.entities // 10), seed=2, kinds=cfg.kinds)
-            feed2 = Feed(wl, k1, k2)
+            feed2 = Feed(wl, k1, k2, cfg.batch)
             log(f"[fixed-rate] {len(feed2):,} messages at {rate2:,.0f} msgs/s "
                 f"({(k2 - k1) * cfg.step / 60:.0f} min of event time)")
             p2, tm2, ser2 = run_service_phase(dep, feed2, rate2, "fixed-rate", cfg.timeout, len(feed1))
