@@ -920,15 +920,15 @@ def compare(baseline: Baseline, window: SlidingWindow, *, warn: float = PSI_WARN
             ks_d, ks_p = d, np.full(Fn, np.nan)
         else:
             ks_d, ks_p = ks_pvalues(d, P.n_sample, n_cur, ks_method)
-        for i, b in enumerate(baseline.numeric):
-            nr, nc = int(P.n_ref[i]), int(n_cur[i])
-            reason = _reason(nr, nc)
-            p = float(psi_v[i])
+        # Python numbers at C speed, then one FeatureDrift per feature
+        for b, p, js, kd, kp, nr, nc, ns in zip(baseline.numeric, psi_v.tolist(), js_v.tolist(),
+                                                 ks_d.tolist(), ks_p.tolist(), P.n_ref.tolist(),
+                                                 n_cur.tolist(), P.n_sample.tolist()):
             sev = severity(p, warn, drift)
-            out[b.name] = FeatureDrift(b.name, "numeric", p, float(js_v[i]), float(ks_d[i]),
-                                       float(ks_p[i]), severity=sev, drift=sev == "drift",
-                                       n_reference=nr, n_current=nc, reason=reason,
-                                       ks_n_reference=int(P.n_sample[i]))
+            out[b.name] = FeatureDrift(b.name, "numeric", p, js, kd, kp, severity=sev,
+                                       drift=sev == "drift", n_reference=nr, n_current=nc,
+                                       reason=_reason(nr, nc) if nr <= 0 or nc <= 0 else None,
+                                       ks_n_reference=ns)
     Fc = len(baseline.categorical)
     if Fc:
         n_cur_c = window.filled - window._cat_null

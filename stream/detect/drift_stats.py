@@ -453,9 +453,9 @@ def severity(psi_value: float, warn: float = PSI_WARN, drift: float = PSI_DRIFT)
     >>> severity(0.05), severity(0.1), severity(0.3), severity(float("nan"))
     ('none', 'warn', 'drift', 'none')
     """
-    if psi_value is None or math.isnan(psi_value):
+    if psi_value is None:
         return "none"
-    if psi_value >= drift:
+    if psi_value >= drift:  # NaN compares False: "none"
         return "drift"
     if psi_value >= warn:
         return "warn"
