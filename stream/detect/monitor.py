@@ -147,7 +147,7 @@ def _parse_cell(v: str) -> Any:
 class _Frozen:
     """What a version's baseline phase produces: input and prediction baselines, and the contract."""
 
-    __slots__ = ("inputs", "preds", "contract", "n", "origin")
+    __slots__ = ("inputs", "preds", "contract", "n", "origin", "_bytes")
 
     def __init__(self, inputs: Baseline, preds: Baseline | None, contract: dict, n: int, origin: str):
         self.inputs = inputs
@@ -155,6 +155,7 @@ class _Frozen:
         self.contract = contract
         self.n = n
         self.origin = origin
+        self._bytes: bytes | None = None  # frozen: serialised once, reused by every snapshot
 
     @classmethod
     def fit(cls, rows: list[dict], spec: MonitorSpec, origin: str) -> "_Frozen":
@@ -198,10 +199,12 @@ class _Frozen:
         return cls(inputs, preds, contract, n, origin)
 
     def to_bytes(self) -> bytes:
-        head = orjson.dumps({"contract": self.contract, "n": self.n, "origin": self.origin})
-        a = self.inputs.to_bytes()
-        b = self.preds.to_bytes() if self.preds is not None else b""
-        return struct.pack("<III", len(head), len(a), len(b)) + head + a + b
+        if self._bytes is None:
+            head = orjson.dumps({"contract": self.contract, "n": self.n, "origin": self.origin})
+            a = self.inputs.to_bytes()
+            b = self.preds.to_bytes() if self.preds is not None else b""
+            self._bytes = struct.pack("<III", len(head), len(a), len(b)) + head + a + b
+        return self._bytes
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "_Frozen":
