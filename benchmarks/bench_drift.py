@@ -245,9 +245,9 @@ def run_memory(args) -> dict:
             for j, row in enumerate(X):
                 i = done + j
                 p = float(row[0] > 0)
-                mons.observe(Inference("mem", "1", f"r{i}", T0 + i, dict(zip(names, row)), p, None, None))
+                mons.observe(Inference("mem", "1", f"r{i:08d}", T0 + i, dict(zip(names, row)), p, None, None))
                 if labelled:
-                    mons.feedback(Feedback("mem", "1", f"r{i}", p if rng.random() > 0.1 else 1 - p, T0 + i + 1))
+                    mons.feedback(Feedback("mem", "1", f"r{i:08d}", p if rng.random() > 0.1 else 1 - p, T0 + i + 1))
             done = upto
             sizes.append((upto, len(mons.export_state("mem"))))
         out["labelled" if labelled else "unlabelled"] = sizes
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
     p.add_argument("--core-batch", type=int, default=500, help="statistics core: rows per update")
     p.add_argument("--core-inferences", type=int, default=100_000)
     p.add_argument("--memory-points", type=lambda s: [int(x) for x in s.split(",")],
-                   default=[5_000, 20_000, 50_000, 100_000, 150_000],
+                   default=[10_000, 50_000, 100_000, 150_000],
                    help="stream lengths at which the state is measured")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
