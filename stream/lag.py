@@ -150,8 +150,9 @@ class LagMonitor:
             self._consumer = None
 
     def _unreachable(self, exc: Exception) -> LagError:
-        return LagError(f"cannot reach Kafka at {self.settings.bootstrap_servers} (STREAM_BOOTSTRAP_SERVERS; "
-                        f"check that the broker runs and the address and security settings are right): {exc}")
+        from stream.kafka.errors import describe
+
+        return LagError(describe(self.settings, exc))
 
     # -- one poll --------------------------------------------------------------------------
     def committed(self, group: str) -> dict[tuple[str, int], int]:

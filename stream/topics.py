@@ -74,14 +74,14 @@ def apply_topics(settings: Settings, *, timeout: float = 30.0, log=print, intern
     Partitions are never decreased (Kafka cannot); a topic with more partitions than declared is
     reported, not changed.
     """
-    from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+    from confluent_kafka.admin import ConfigResource, NewPartitions, NewTopic
 
-    admin = AdminClient(settings.kafka_client_config())
+    from stream.kafka.errors import describe, list_topics_failfast
+
     specs = (load_topic_specs(settings) if declared else []) + (internal_topics(settings) if internal else [])
-    try:
-        md = admin.list_topics(timeout=timeout)
-    except Exception as exc:  # noqa: BLE001
-        raise RuntimeError(f"cannot reach Kafka at {settings.bootstrap_servers} (STREAM_BOOTSTRAP_SERVERS): {exc}") from None
+    admin, md, err = list_topics_failfast(settings, timeout)
+    if md is None:
+        raise RuntimeError(describe(settings, err)) from None
     rows = []
     to_create = [t for t in specs if t.name not in md.topics]
     if to_create:

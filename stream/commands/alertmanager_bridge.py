@@ -85,8 +85,9 @@ def run(args) -> int:
                 break
             msg = f"topic {topic!r} not found on {s.bootstrap_servers} (run `stream topics apply`)"
         except KafkaException as exc:
-            msg = (f"cannot reach Kafka at {s.bootstrap_servers} (STREAM_BOOTSTRAP_SERVERS; is the broker running "
-                   f"and are the address and security settings right?): {exc}")
+            from stream.kafka.errors import describe
+
+            msg = describe(s, exc)
         if msg != said:
             _say(f"{msg}; retrying")
             said = msg

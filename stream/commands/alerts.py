@@ -66,7 +66,9 @@ def run_tail(args) -> int:
     try:
         md = c.list_topics(topic, timeout=10)
     except KafkaException as exc:
-        print(f"stream alerts tail: cannot reach Kafka at {s.bootstrap_servers}: {exc}", file=sys.stderr)
+        from stream.kafka.errors import describe
+
+        print(f"stream alerts tail: {describe(s, exc)}", file=sys.stderr)
         return 1
     if topic not in md.topics or md.topics[topic].error is not None:
         print(f"stream alerts tail: topic {topic!r} not found (run `stream topics apply`)", file=sys.stderr)

@@ -67,19 +67,17 @@ def check_specs(settings) -> Check:
 def check_broker_and_topics(settings, timeout: float) -> list[Check]:
     import logging
 
-    from confluent_kafka.admin import AdminClient, ConfigResource
+    from confluent_kafka.admin import ConfigResource
 
     from stream.topics import internal_topics, load_topic_specs
 
     quiet = logging.getLogger("stream.doctor.librdkafka")
     quiet.setLevel(logging.CRITICAL)
-    admin = AdminClient({**settings.kafka_client_config(), "socket.timeout.ms": int(timeout * 1000)}, logger=quiet)
-    try:
-        md = admin.list_topics(timeout=timeout)
-    except Exception as exc:  # noqa: BLE001
-        return [Check("broker", False, f"cannot reach Kafka at {settings.bootstrap_servers} (STREAM_BOOTSTRAP_SERVERS; "
-                      f"is the broker running, are the address and STREAM_SECURITY_PROTOCOL/SASL/SSL settings "
-                      f"right?): {exc}"),
+    from stream.kafka.errors import describe, list_topics_failfast
+
+    admin, md, err = list_topics_failfast(settings, timeout, logger=quiet)
+    if md is None:
+        return [Check("broker", False, describe(settings, err)),
                 Check("topics", False, "not checked: the broker is unreachable")]
     broker = Check("broker", True, f"{settings.bootstrap_servers}: {len(md.brokers)} broker(s), "
                    f"cluster {md.cluster_id}")

@@ -64,9 +64,13 @@ def run(args) -> int:
     from stream.progress import Progress
     from stream.settings import get_settings
 
+    from stream.kafka.errors import FailFast, describe
+
     s = get_settings()
+    fatal = FailFast()  # a wrong password or a refused TLS handshake ends the command at once
     producer = Producer({**s.kafka_client_config(), "linger.ms": 20, "compression.type": "lz4",
-                         "enable.idempotence": True, "message.max.bytes": max(s.max_message_bytes * 4, 1_048_576)})
+                         "enable.idempotence": True, "message.max.bytes": max(s.max_message_bytes * 4, 1_048_576),
+                         "error_cb": fatal})
     errors: list[str] = []
 
     def on_delivery(err, msg):
@@ -102,6 +106,9 @@ def run(args) -> int:
                 except BufferError:
                     producer.poll(0.1)
             producer.poll(0)
+            if fatal.error is not None:
+                print(f"stream produce: {describe(s, fatal.error)}", file=sys.stderr)
+                return 1
             sent += 1
             bar.update()
             if interval:
@@ -109,10 +116,16 @@ def run(args) -> int:
                 delay = next_t - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-    left = producer.flush(60)
+    deadline = time.monotonic() + 60
+    left = len(producer)
+    while left and fatal.error is None and time.monotonic() < deadline:
+        left = producer.flush(0.5)
+    if fatal.error is not None:
+        print(f"stream produce: {describe(s, fatal.error)}", file=sys.stderr)
+        return 1
     if left or errors:
-        print(f"stream produce: {len(errors) + left} message(s) not delivered to {s.bootstrap_servers}: "
-              f"{errors[:3]}", file=sys.stderr)
+        print(f"stream produce: {len(errors) + left} message(s) not delivered: "
+              f"{describe(s, errors[0] if errors else 'timed out after 60 s')}", file=sys.stderr)
         return 1
     print(f"produced {sent} message(s) to {args.topic}", file=sys.stderr)
     return 0

@@ -86,6 +86,35 @@ def test_faust_broker_kwargs_carry_sasl_ssl():
     assert credentials_to_aiokafka_auth(cred)["security_protocol"] == "SASL_SSL"
 
 
+def _client_cert(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=stream",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+def test_sasl_ssl_with_a_client_certificate_is_mutual_tls_in_both_clients(tmp_path):
+    """SASL_SSL plus STREAM_SSL_CERTFILE: librdkafka presents the certificate, and so must aiokafka."""
+    from stream.worker import faust_broker_kwargs, ssl_context
+
+    cert, key = _client_cert(tmp_path)
+    s = _sasl("SASL_SSL", STREAM_SSL_CERTFILE=str(cert), STREAM_SSL_KEYFILE=str(key))
+    assert s.kafka_client_config()["ssl.certificate.location"] == str(cert)
+    cred = faust_broker_kwargs(s)["broker_credentials"]
+    assert isinstance(cred.ssl_context, ssl.SSLContext)
+    # the certificate really is loaded: the same settings with its key missing fail to load
+    missing = _sasl("SASL_SSL", STREAM_SSL_CERTFILE=str(cert), STREAM_SSL_KEYFILE=str(tmp_path / "nope.key"))
+    with pytest.raises(OSError):
+        faust_broker_kwargs(missing)
+    with pytest.raises(OSError):
+        ssl_context(missing)
+
+
 def test_faust_broker_kwargs_carry_ssl():
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
