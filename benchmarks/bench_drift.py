@@ -312,6 +312,8 @@ def main(argv=None) -> int:
           f"({worker['seconds']:.2f} s, {worker['comparisons']} comparisons, alerts {worker['alerts']})")
     print(f"  plain numpy monitor (decode + recompute):   {n_rate:>10,.0f} inferences/s "
           f"({numpy_['seconds']:.2f} s)")
+    print(f"  per CPU-second (process time, less sensitive to other load): worker path "
+          f"{args.inferences / worker['cpu_seconds']:,.0f}, numpy {args.inferences / numpy_['cpu_seconds']:,.0f}")
     print(f"  ratio worker path / numpy: {w_rate / n_rate:.2f}x; same drifted features: {same} "
           f"({sorted(worker['drifted'])})")
     if single:
