@@ -85,7 +85,7 @@ def _check_sample(obj: Any) -> Sample | tuple[str, str]:
             tt = type(ts)
             if ((tv is _FLOAT or (tv is int and -_MAX_EXACT_INT < value < _MAX_EXACT_INT))
                     and (tt is _FLOAT or (tt is int and 0 <= ts < _MAX_EXACT_INT))
-                    and metric in _OK_METRICS):
+                    and type(metric) is str and metric in _OK_METRICS):
                 try:
                     series = _OK_LABELS.get((metric, *labels.items()))
                 except TypeError:  # an unhashable label value: the full check names it
@@ -190,11 +190,14 @@ def parse_json(raw: bytes | None, max_bytes: int) -> tuple[Any, Rejection | None
             return None, Rejection("not_json", f"not valid JSON: {exc}", raw)
 
 
-def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tuple[list[Sample], list[Rejection]]:
+def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int,
+                   max_ts: float = math.inf) -> tuple[list[Sample], list[Rejection]]:
     """Decode one message from the metrics topic.
 
     Returns the valid samples and one rejection per bad message or bad sample of a batch; the
-    good samples of a mixed batch are kept.
+    good samples of a mixed batch are kept. A sample stamped after ``max_ts`` (the worker passes
+    its clock plus ``STREAM_MAX_FUTURE_SECONDS``) is rejected as ``future_timestamp``: accepted,
+    it would close its series' windows far ahead and turn every later sample into a late one.
 
     >>> ok, bad = decode_metrics(b'{"metric":"up","value":1,"ts":10}', max_bytes=1000, max_batch=10)
     >>> ok[0].series, bad
@@ -219,15 +222,24 @@ def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tupl
         bad: list[Rejection] = []
         for i, item in enumerate(batch):
             res = _check_sample(item)
-            if isinstance(res, Sample):
-                good.append(res)
-            else:
-                bad.append(Rejection(res[0], f"samples[{i}]: {res[1]}", encode_item(item), i))
+            if type(res) is Sample:
+                if res.ts <= max_ts:
+                    good.append(res)
+                    continue
+                res = _future(res.ts, max_ts)
+            bad.append(Rejection(res[0], f"samples[{i}]: {res[1]}", encode_item(item), i))
         return good, bad
     res = _check_sample(obj)
-    if isinstance(res, Sample):
-        return [res], []
+    if type(res) is Sample:
+        if res.ts <= max_ts:
+            return [res], []
+        res = _future(res.ts, max_ts)
     return [], [Rejection(res[0], res[1], raw)]
+
+
+def _future(ts: float, max_ts: float) -> tuple[str, str]:
+    return ("future_timestamp", f"'ts' {ts:.3f} is {ts - max_ts:.0f} s beyond the accepted horizon "
+            f"{max_ts:.3f} (the worker's clock + STREAM_MAX_FUTURE_SECONDS)")
 
 
 def deadletter_record(rej: Rejection, *, topic: str, partition: int, offset: int, key: bytes | None) -> dict:

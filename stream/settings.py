@@ -61,6 +61,10 @@ class Settings:
     )
     max_message_bytes: int = _f(1_048_576, "largest accepted input message; larger ones are dead-lettered", minimum=1)
     max_batch_samples: int = _f(10_000, "largest accepted batch (samples per message)", minimum=1)
+    max_future_seconds: float = _f(
+        3600.0, "samples stamped further than this ahead of the worker's clock are dead-lettered "
+        "(future_timestamp): one wrong clock must not make a series' later samples late", minimum=0.0
+    )
     entity_ttl_seconds: float = _f(
         7 * 86400.0, "an entity idle this long (event time) is expired from state", minimum=1.0
     )

@@ -172,7 +172,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
         async for event in stream.events():
             t0 = time.perf_counter()
             msg = event.message
-            good, bad = decode_metrics(event.value, max_bytes=s.max_message_bytes, max_batch=s.max_batch_samples)
+            good, bad = decode_metrics(event.value, max_bytes=s.max_message_bytes, max_batch=s.max_batch_samples,
+                                       max_ts=time.time() + s.max_future_seconds)
             if good:
                 processed.inc(len(good))
             if bad:

@@ -67,7 +67,8 @@ def test_version_1_payloads_are_still_read():
 
 _label_value = st.one_of(st.text(max_size=5), st.integers(), st.none(), st.lists(st.integers(), max_size=2))
 _sample = st.fixed_dictionaries(
-    {"metric": st.one_of(st.sampled_from(["cpu", "up", "bad name", ""]), st.integers()),
+    {"metric": st.one_of(st.sampled_from(["cpu", "up", "bad name", ""]), st.integers(), st.lists(st.integers(), max_size=1),
+                         st.dictionaries(st.text(max_size=1), st.integers(), max_size=1)),
      "value": st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-2 ** 70, max_value=2 ** 70),
                         st.booleans(), st.text(max_size=3), st.none()),
      "ts": st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-10, max_value=2 ** 70),
@@ -95,3 +96,20 @@ def test_cached_fast_path_accepts_and_rejects_exactly_what_the_full_check_does(i
             assert fast.value == full.value and fast.ts == full.ts and math.isfinite(fast.value)
         else:
             assert fast == full
+
+
+def test_a_future_timestamp_is_deadlettered_and_the_rest_of_the_batch_kept():
+    batch = {"samples": [{"metric": "cpu", "value": 1.0, "ts": 100.0},
+                         {"metric": "cpu", "value": 2.0, "ts": 5000.0},
+                         {"metric": "cpu", "value": 3.0, "ts": 160.0}]}
+    good, bad = decode_metrics(orjson.dumps(batch), max_bytes=1 << 20, max_batch=10, max_ts=1000.0)
+    assert [s.value for s in good] == [1.0, 3.0]
+    assert len(bad) == 1 and bad[0].reason == "future_timestamp" and bad[0].batch_index == 1
+    assert orjson.loads(bad[0].original) == batch["samples"][1]
+    assert "STREAM_MAX_FUTURE_SECONDS" in bad[0].error
+    one = orjson.dumps({"metric": "cpu", "value": 2.0, "ts": 5000.0})
+    good, bad = decode_metrics(one, max_bytes=1 << 20, max_batch=10, max_ts=1000.0)
+    assert not good and bad[0].reason == "future_timestamp" and bad[0].original == one
+    # without a horizon (offline tools) nothing is in the future
+    good, bad = decode_metrics(one, max_bytes=1 << 20, max_batch=10)
+    assert len(good) == 1 and not bad
