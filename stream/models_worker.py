@@ -86,13 +86,20 @@ class MonitorProcessor:
         try:
             offs, state = _unpack(blob)
             self.mons.import_state(model, state)
-            self.offsets[model] = offs
+            self.offsets[model] = {k: v for k, v in offs.items() if not k.startswith("_")}
         except Exception as exc:  # noqa: BLE001 - a state this build cannot read starts afresh
             log.warning("model %s: cannot restore its monitor state (%s); starting afresh", model, exc)
 
     def snapshot(self, model: str) -> None:
         self.since[model] = 0
-        blob = _pack(self.offsets.get(model, {}), self.mons.export_state(model))
+        mm = self.mons.models[model]
+        head = dict(self.offsets.get(model, {}))
+        # for the TTL sweep of models not in memory (after a restart): their partition and clock
+        head["_lane"] = self.lane_of.get(model)
+        head["_now"] = max([mm.now, *(max(vm.last_ts, vm.last_pair_ts) for vm in mm.versions.values())])
+        if not math.isfinite(head["_now"]):
+            head["_now"] = None
+        blob = _pack(head, self.mons.export_state(model))
         self.table[model.encode()] = blob
         self.sizes[model] = len(blob)
         m.STATE_BYTES.labels("models").set(sum(self.sizes.values()))
@@ -119,7 +126,29 @@ class MonitorProcessor:
             self.forget(mod)
         for mod in changed:
             self.snapshot(mod)
+        dropped += self.sweep_stored(partition, now - self.ttl)
         return dropped, changed
+
+    def sweep_stored(self, partition: int, horizon: float) -> list[str]:
+        """Delete the stored state of this partition's models that are not in memory (not seen
+        since a restart) and whose newest event is older than ``horizon``."""
+        gone = []
+        for key in list(self.table.keys()):
+            model = key.decode() if isinstance(key, bytes) else str(key)
+            if model in self.mons.models:
+                continue
+            blob = self.table.get(key)
+            if blob is None:
+                continue
+            try:
+                head = _unpack(blob)[0]
+            except Exception:  # noqa: BLE001 - unreadable: left for recover() to report
+                continue
+            last = head.get("_now")
+            if head.get("_lane") == partition and last is not None and last < horizon:
+                self.forget(model)
+                gone.append(model)
+        return gone
 
     def process(self, topic: str, partition: int, offset: int, key: bytes | None,
                 value: bytes | None) -> tuple[list[tuple[bytes, bytes]], list[dict]]:

@@ -86,3 +86,26 @@ def test_processor_deletes_the_table_key_of_an_idle_model_and_rewrites_a_shrunk_
 def test_ttl_setting_is_read_from_the_environment():
     assert Settings.load({"STREAM_MODEL_TTL_SECONDS": "3600"}).model_ttl_seconds == 3600.0
     assert Settings().model_ttl_seconds == 7 * 86400.0
+
+
+def test_models_not_seen_since_a_restart_are_swept_from_the_table():
+    s = Settings(model_ttl_seconds=600.0)
+    table: dict = {}
+    before = MonitorProcessor(s, Monitors([SPEC]), table)
+    off = 0
+    for i in range(SNAPSHOT_EVERY):
+        for model, part in (("old", 2), ("other-lane", 4)):
+            before.process("inferences", part, off, model.encode(), _msg(model, "v1", i, T0 + i))
+            off += 1
+    assert set(table) == {b"old", b"other-lane"}
+    head = _unpack(table[b"old"])[0]
+    assert head["_lane"] == 2 and head["_now"] == T0 + SNAPSHOT_EVERY - 1
+    # a restart: a new processor over the same table; neither model sends again
+    after = MonitorProcessor(s, Monitors([SPEC]), table)
+    after.process("inferences", 2, off, b"new", _msg("new", "v1", 0, T0 + 300))  # within the TTL
+    assert set(table) == {b"old", b"other-lane"}
+    after.process("inferences", 2, off + 1, b"new", _msg("new", "v1", 1, T0 + 5000))
+    assert set(table) == {b"other-lane"}  # partition 4's clock has not moved
+    # a model recovered from the table keeps its offsets without the sweep's fields
+    after.recover("other-lane")
+    assert all(not k.startswith("_") for k in after.offsets["other-lane"])
