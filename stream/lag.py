@@ -395,9 +395,10 @@ class _ProbeProcess:
             except (EOFError, OSError, BrokenPipeError):
                 code = self._reap()
                 self.restarts += 1
-                raise LagError(f"lag probe process died during {method} (exit code {code}; librdkafka aborts "
-                               "on some broker restarts, confluentinc/librdkafka#4605); a new one starts at the "
-                               "next poll") from None
+                why = ("; librdkafka aborted it, as it can on a broker restart (confluentinc/librdkafka#4605)"
+                       if code == -6 else "")
+                raise LagError(f"lag probe process died during {method} (exit code {code}{why}); a new one "
+                               "starts at the next poll") from None
             if ok:
                 return value
             raise LagError(value)

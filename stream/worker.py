@@ -207,6 +207,18 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # Writing on every message instead cost a ~12-20 KB serialization and changelog record per
     # entity per message: the worker's main cost in the load test.
     dirty: dict[bytes, tuple[Detector, str]] = {}
+    # Exactly-once (Kafka transactions): a changelog write must belong to the transaction of the
+    # event that caused it, which Faust only arranges for writes made while processing an event;
+    # so with exactly_once, state is written eagerly, per message, inside the agent (slower).
+    eos = s.processing_guarantee == "exactly_once"
+
+    def persist_now() -> None:
+        for key, (det, eid) in list(dirty.items()):
+            if eid in det.entities:
+                blob = det.export_state(eid)
+                state_sizes[key] = len(blob)
+                state[key] = blob
+        dirty.clear()
 
     def flush_state(lanes: set[int] | None = None) -> int:
         """Write dirty entities (of ``lanes``, or all) to the table and its changelog."""
@@ -228,13 +240,21 @@ def build_app(settings: Settings | None = None) -> faust.App:
             n += 1
         return n
 
+    # Callables run right before every offset commit (Faust flushes the producer, then commits):
+    # lazily persisted state registers its flush here (the models agents may add theirs).
+    before_commit: list = [] if eos else [flush_state]
+    app.before_commit = before_commit  # type: ignore[attr-defined]
+
     @app.task
     async def install_commit_hook() -> None:
+        if eos:
+            return
         consumer = app.consumer
         original = consumer.force_commit
 
         async def force_commit(*args, **kwargs):
-            flush_state()
+            for fn in before_commit:
+                fn()
             return await original(*args, **kwargs)
 
         consumer.force_commit = force_commit
@@ -244,7 +264,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
         lanes = {tp.partition for tp in revoked if tp.topic == entity_topic.get_topic_name()}
         if not lanes:
             return
-        flush_state(lanes)
+        if not eos:
+            flush_state(lanes)
         for det in pipe.detectors.values():
             gone = [eid for eid, ent in det.entities.items() if ent.lane in lanes]
             for eid in gone:  # reloaded from the table if the partition comes back
@@ -330,6 +351,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
                     dirty.pop(key, None)
                     state.pop(key, None)
                     state_sizes.pop(key, None)
+            if eos:
+                persist_now()
 
     from stream.models_worker import register_model_agents
     register_model_agents(app, s, alerts_topic, deadletter_topic)

@@ -94,13 +94,17 @@ class StreamEnv:
     def worker_log(self, name: str = "worker") -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
-    def consume(self, topic: str, *, until, timeout: float) -> list[dict]:
-        """Read a topic from the beginning until ``until(records)`` is true or the timeout passes."""
+    def consume(self, topic: str, *, until, timeout: float, **config: str) -> list[dict]:
+        """Read a topic from the beginning until ``until(records)`` is true or the timeout passes.
+
+        ``config``: extra consumer settings, dots as underscores (``isolation_level="read_uncommitted"``);
+        librdkafka's default isolation level is read_committed."""
         import orjson
         from confluent_kafka import Consumer
 
         c = Consumer({"bootstrap.servers": self.env["STREAM_BOOTSTRAP_SERVERS"], "group.id": f"t-{uuid.uuid4().hex}",
-                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                      **{k.replace("_", "."): v for k, v in config.items()}})
         c.subscribe([topic])
         out: list[dict] = []
         deadline = time.monotonic() + timeout
