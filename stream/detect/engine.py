@@ -5,8 +5,17 @@ the watermark passes a window's end the window's features are computed, standard
 the entity's own baseline (an EWMA of its normal windows), squashed into [0, 1] and scored by
 Half-Space Trees *before* being learned. The raw score is calibrated into an anomaly grade (its
 tail probability among the entity's recent scores); a decision needs the grade, a score floor
-and a minimum distance from baseline. ADWIN watches each metric's window mean for change: a
-change emits ``data_drift`` and re-warms the entity instead of alerting on the new normal.
+and a minimum distance from baseline — or, for an excursion of a single feature, which barely
+moves trees that split on one feature out of dozens, an improbable per-feature |z| (see
+:meth:`Detector._on_window`). ADWIN watches each metric's window mean for change: a change
+emits ``data_drift`` and re-warms the entity instead of alerting on the new normal.
+
+Missing data. A metric absent from a window, or a whole window without samples, is a *gap*.
+Short gaps (up to ``impute_max_windows``) are imputed with the entity's baseline and the alert
+says which features and windows were imputed; imputed values are never learned. A gap longer
+than ``missing_after_windows`` is itself a signal: a ``missing_data`` incident fires once (from
+the window-close path, or from :meth:`Detector.advance_lane` when the entity sends nothing at
+all) and resolves when the missing metrics send samples again.
 
 >>> from stream.detect.spec import DetectorSpec
 >>> det = Detector(DetectorSpec(window=60, warmup_windows=20))
@@ -17,10 +26,21 @@ change emits ``data_drift`` and re-warms the entity instead of alerting on the n
 ...     alerts += det.ingest("cpu", {"host": "a"}, ts=float(i), value=v)
 >>> [(a["kind"], a["status"], a["window"]["start"]) for a in alerts if a["status"] == "firing"]
 [('anomaly', 'firing', 3000.0)]
+
+The series then goes silent; the housekeeping watermark notices it once:
+
+>>> gap = det.advance(3600.0 + 10 * 60)
+>>> [(a["kind"], a["status"], a["missing"]["metrics"], a["missing"]["last_seen"]) for a in gap]
+[('missing_data', 'firing', ['cpu'], 3599.0)]
+>>> det.advance(3600.0 + 20 * 60)
+[]
+>>> [(a["kind"], a["status"]) for a in det.ingest("cpu", {"host": "a"}, ts=4800.0, value=10.0)]
+[('missing_data', 'resolved')]
 """
 from __future__ import annotations
 
 import functools
+import heapq
 from array import array
 import hashlib
 import math
@@ -35,9 +55,13 @@ from stream.detect.models import make_model, model_from_bytes
 from stream.detect.spec import DetectorSpec
 from stream.detect.window import ClosedWindow, WindowStore
 
-STATE_VERSION = 1
-_Z_SCALE = 8.0
-_RESOLVE_P = 1e-3  # a window counts as normal again when its distance from baseline is this probable  # z in [-4, 4] maps onto [0, 1] for the trees
+STATE_VERSION = 2  # 2: per-metric last-seen times, the missing-data incident, the |z| peak (1 still read)
+_READABLE_VERSIONS = (1, 2)
+_Z_SCALE = 8.0  # z in [-4, 4] maps onto [0, 1] for the trees
+_RESOLVE_P = 1e-3  # a window counts as normal again when its distance from baseline is this probable
+# features left out of the single-feature |z| path: sample presence is the gap logic's business
+# (one missing sample of a metric with a constant count would otherwise be a "z of 16")
+_PRESENCE_FEATURES = ("count", "availability")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -45,6 +69,14 @@ def _chi2_isf(p: float, dof: int) -> float:
     from scipy.stats import chi2
 
     return float(chi2.isf(p, max(dof, 1)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _z_crit(p: float, n: int) -> float:
+    """Two-sided Gaussian critical |z| for a family-wise error p over n features (Bonferroni)."""
+    from scipy.stats import norm
+
+    return float(norm.isf(p / (2 * max(n, 1))))
 
 
 def alert_id(*parts: Any) -> str:
@@ -55,7 +87,7 @@ def alert_id(*parts: Any) -> str:
 class _Entity:
     __slots__ = ("id", "labels", "lane", "mean", "var", "n_normal", "n_windows", "model", "scores", "expected",
                  "incident", "normal_streak", "cooldown_until", "adwins", "last_end", "gap_flagged", "metrics",
-                 "last_seen", "cursor")
+                 "last_seen", "cursor", "mlast", "mwin", "gap", "watch", "zpeak")
 
     def __init__(self, eid: str, labels: dict[str, str], lane: int):
         self.id = eid
@@ -77,6 +109,11 @@ class _Entity:
         self.metrics: set[str] = set()
         self.last_seen = -math.inf
         self.cursor: dict[int, int] = {}  # source partition -> highest source offset folded in
+        self.mlast: dict[str, float] = {}  # metric -> latest event time of a sample (ingest time)
+        self.mwin: dict[str, float] = {}  # metric -> end of the last closed window that had it
+        self.gap: dict | None = None  # the open missing_data incident
+        self.watch: float | None = None  # deadline of its entry in the lane's silence heap
+        self.zpeak = 0.0  # decaying peak of the largest |z| over recent normal windows
 
 
 class Detector:
@@ -89,12 +126,37 @@ class Detector:
         self.entities: dict[str, _Entity] = {}
         self.late = 0
         self.invalid_features = 0
+        self.imputed_features = 0
         self.alpha = 1 - 0.5 ** (1 / spec.baseline_halflife)
+        self._zdecay = 0.5 ** (1 / spec.threshold.history)
+        # per lane: heap of (deadline, entity) — the watermark at which the entity counts as
+        # silent if it sends nothing more (checked by advance_lane; O(due entries), not O(entities))
+        self._silence: dict[int, list[tuple[float, str]]] = {}
+        self._pending: dict[int, list[dict]] = {}  # per lane: alerts to emit at the next advance
         # optional observer of every closed window's verdict (offline scoring, evaluation):
         # called as on_window(window, verdict) with verdict = {"score", "grade", "distance",
-        # "anomalous", "firing", "warm"}; "firing" is whether the entity's incident is open after
-        # this window. It only reads; None (the default) costs nothing.
+        # "anomalous", "firing", "warm", "max_z", "path", "imputed"}; "firing" is whether the
+        # entity's incident is open after this window. It only reads; None (the default) costs nothing.
         self.on_window = None
+
+    # ------------------------------------------------------------------------ gaps
+    def _ws(self, ts: float) -> float:
+        return math.floor(ts / self.spec.window) * self.spec.window
+
+    def _silent_windows(self, last_ts: float, ref: float) -> int:
+        """Whole windows without a sample after the one holding ``last_ts``, ending by ``ref``."""
+        size = self.spec.window
+        return int(math.floor((ref - self._ws(last_ts) - size) / size + 1e-9))
+
+    def _deadline(self, ent: _Entity) -> float:
+        """The watermark at which the entity has been silent for more than missing_after_windows."""
+        spec = self.spec
+        return self._ws(ent.last_seen) + (spec.missing_after_windows + 2) * spec.window + spec.allowed_lateness
+
+    def _watch(self, ent: _Entity) -> None:
+        dl = self._deadline(ent)
+        ent.watch = dl
+        heapq.heappush(self._silence.setdefault(ent.lane, []), (dl, ent.id))
 
     # ------------------------------------------------------------------------ ingest
     def ingest(self, metric: str, labels: dict[str, str], ts: float, value: float, *, offset: int = -1,
@@ -103,7 +165,10 @@ class Detector:
 
         A window closes when the entity's own event time passes its end plus the allowed
         lateness (so replayed history and interleaved partitions work); :meth:`advance` closes
-        the windows of entities that went quiet.
+        the windows of entities that went quiet. A sample of a metric in an open ``missing_data``
+        incident counts as its return (the incident resolves when every missing metric returned);
+        a gap longer than ``missing_after_windows`` that no watermark noticed while it lasted is
+        reported when its samples return (firing, then resolved when all have returned).
         """
         # ``entity``: the (entity id, entity labels) the caller already resolved with this spec's
         # entity_of (the worker routes by entity before the sample gets here)
@@ -118,13 +183,108 @@ class Detector:
         else:
             eid = ent.id
         ent.metrics.add(metric)
+        out: list[dict] = []
+        prev = ent.mlast.get(metric)
+        if prev is not None and ts > prev and self.spec.missing_after_windows > 0:
+            out += self._on_return(ent, metric, prev, ts, offset, partition)
+        if prev is None or ts > prev:
+            ent.mlast[metric] = ts
         if ts > ent.last_seen:
             ent.last_seen = ts
+        if ent.watch is None and self.spec.missing_after_windows > 0:
+            self._watch(ent)  # armed until a watermark finds it silent (re-armed by its next sample)
         if not self.windows.add(eid, metric, ts, value, offset, partition, lane):
             self.late += 1
         if eid in self.windows.starts:
-            return self._emit(self.windows.close_entity(eid, ent.last_seen))
-        return []
+            out += self._emit(self.windows.close_entity(eid, ent.last_seen))
+        return out
+
+    def _on_return(self, ent: _Entity, metric: str, prev: float, ts: float, offset: int, partition: int) -> list[dict]:
+        out: list[dict] = []
+        g = ent.gap
+        lim = self.spec.missing_after_windows
+        ref = self._ws(ts)
+        if self._silent_windows(prev, ref) > lim and (g is None or metric not in g["missing"]):
+            # a long gap nobody noticed while it lasted (no watermark passed it): report it now
+            silent = {m: t for m, t in ent.mlast.items()
+                      if t < ref and self._silent_windows(t, ref) > lim}
+            out += self._open_gap(ent, silent, ref, "on_return")
+            g = ent.gap
+        if g is not None and metric in g["missing"] and ts > g["missing"][metric]:
+            g["returned"][metric] = ts
+            del g["missing"][metric]
+            if not g["missing"]:
+                a = self._gap_alert(ent, "resolved", ts)
+                if offset >= 0:
+                    a["source"].update(partition=partition, first_offset=offset, last_offset=offset,
+                                       ranges=[{"partition": partition, "first_offset": offset,
+                                                "last_offset": offset, "metric": metric}])
+                out.append(a)
+                ent.gap = None
+        return out
+
+    def _open_gap(self, ent: _Entity, silent: dict[str, float], ref: float, how: str) -> list[dict]:
+        """Open (or extend) the entity's missing_data incident with the silent metrics.
+
+        One incident per entity at a time: metrics that fall silent while it is open join it
+        without a new alert; it resolves when every metric in it has sent a sample again.
+        """
+        if not silent:
+            return []
+        g = ent.gap
+        if g is not None:
+            for m, t in silent.items():
+                if m not in g["missing"]:
+                    g["missing"][m] = t
+                    g["last"][m] = t
+                    g["returned"].pop(m, None)
+            return []
+        size = self.spec.window
+        g = ent.gap = {"id": "", "start": min(self._ws(t) + size for t in silent.values()),
+                       "missing": dict(silent), "last": dict(silent), "returned": {}, "detected": how}
+        a = self._gap_alert(ent, "firing", ref)
+        g["id"] = a["alert_id"]
+        return [a]
+
+    def _gap_alert(self, ent: _Entity, status: str, ref: float) -> dict:
+        """A ``missing_data`` event of the entity's gap incident (firing: the metrics missing now;
+        resolved: every metric that was missing, with the time each returned)."""
+        spec = self.spec
+        g = ent.gap
+        metrics = g["missing"] if status == "firing" else g["last"]
+        last = {m: g["last"][m] for m in sorted(metrics)}
+        silent = max((self._silent_windows(t, ref) for t in last.values()), default=0)
+        a = {
+            "alert_id": alert_id(spec.name, ent.id, g["start"], "gap", "missing_data", status),
+            "status": status,
+            "kind": "missing_data",
+            "detector": spec.name,
+            "severity": spec.severity,
+            "series": {"id": ent.id, "labels": ent.labels, "metrics": sorted(ent.mlast)},
+            "window": {"start": g["start"], "end": ref},
+            "source": {"topic": self.source_topic, "partition": None, "first_offset": None, "last_offset": None,
+                       "ranges": []},
+            "summary": {},
+            "related": [],
+            "score": float(silent),
+            "threshold": {"missing_after_windows": spec.missing_after_windows, "window": spec.window,
+                          "allowed_lateness": spec.allowed_lateness},
+            "missing": {
+                "metrics": sorted(metrics),
+                "last_seen": max(last.values()) if last else None,
+                "last_seen_by_metric": last,
+                "silent_windows": silent,
+                "entity_silent": set(g["last"]) >= set(ent.mlast),
+                "detected": g["detected"],
+            },
+            "created_at": time.time(),
+        }
+        if status == "resolved":
+            a["incident_id"] = g["id"]
+            a["missing"]["returned"] = dict(sorted(g["returned"].items()))
+            if g["missing"]:
+                a["missing"]["still_missing"] = sorted(g["missing"])
+        return a
 
     # ----------------------------------------------------------------------- advance
     def advance(self, watermark: float, lane: int = 0) -> list[dict]:
@@ -135,10 +295,41 @@ class Detector:
         """Like :meth:`advance`, also returning the entities whose state changed.
 
         ``may_close(entity_id)`` can veto closing an entity's windows (the worker vetoes entities
-        that are still receiving samples, whatever the lane's event time says).
+        that are still receiving samples, whatever the lane's event time says); it vetoes the
+        silence check too. An entity whose last sample is more than ``missing_after_windows``
+        whole windows (plus the allowed lateness) behind the watermark fires ``missing_data``
+        here, once per incident, even if it sends nothing at all.
         """
         closed = self.windows.close_until(watermark, lane, may_close)
-        return self._emit(closed), {w.entity for w in closed}
+        alerts = self._pending.pop(lane, [])
+        alerts += self._emit(closed)
+        changed = {w.entity for w in closed}
+        if self.spec.missing_after_windows > 0:
+            heap = self._silence.get(lane)
+            retry = []
+            while heap and heap[0][0] <= watermark:
+                dl, eid = heapq.heappop(heap)
+                ent = self.entities.get(eid)
+                if ent is None or ent.watch != dl or ent.lane != lane:
+                    continue  # a stale entry (entity dropped, or re-armed with another deadline)
+                new = self._deadline(ent)
+                if new > watermark:  # it sent samples since: check again later
+                    ent.watch = new
+                    retry.append((new, eid))
+                    continue
+                if may_close is not None and not may_close(eid):
+                    ent.watch = watermark + self.spec.window
+                    retry.append((ent.watch, eid))
+                    continue
+                ent.watch = None  # re-armed by its next sample
+                lim = self.spec.missing_after_windows
+                silent = {m: t for m, t in ent.mlast.items() if self._silent_windows(t, watermark - self.spec.allowed_lateness) > lim}
+                if silent:
+                    alerts += self._open_gap(ent, silent, watermark, "watermark")
+                    changed.add(eid)
+            for item in retry:
+                heapq.heappush(heap, item)
+        return alerts, changed
 
     def _emit(self, windows: list[ClosedWindow]) -> list[dict]:
         alerts: list[dict] = []
@@ -170,30 +361,100 @@ class Detector:
                 feats[f"{metric}:{f}"] = v
         return feats
 
+    def _impute(self, ent: _Entity, w: ClosedWindow, gap: int) -> tuple[dict[str, float], dict]:
+        """Baseline values for the features of metrics missing from a short gap, and the gap facts.
+
+        A metric the entity had in earlier windows but not in this one is imputed when its run of
+        windows without samples (this one included, plus any whole windows missing before it) is
+        at most ``impute_max_windows``: each of its features takes the entity's baseline mean, the
+        conditional expectation when nothing is known, so its z is 0 — the vector stays complete
+        for the trees while the imputed features add no evidence (they are left out of the
+        chi-square degrees of freedom and of the single-feature |z| path). Longer runs are not
+        imputed (their features are absent, as before, and a run past ``missing_after_windows``
+        raises ``missing_data``). Whole windows without any sample before this one are imputed
+        the same way when there are at most ``impute_max_windows`` of them; as every feature is
+        computed within its window, they change no feature of this window: they are listed in
+        the alert, never scored and never learned.
+        """
+        spec = self.spec
+        size = spec.window
+        imp: dict[str, float] = {}
+        avail = []
+        for m, exp in ent.expected.items():
+            s = w.summary.get(m)
+            if s is not None:
+                avail.append(min(1.0, s["count"] / exp) if exp else 1.0)
+                continue
+            avail.append(0.0)
+            last = ent.mwin.get(m)
+            if last is None:
+                continue
+            run = int(round((w.end - last) / size))
+            if run > spec.impute_max_windows:
+                continue
+            for f in spec.features:
+                k = f"{m}:{f}"
+                b = ent.mean.get(k)
+                if b is not None:
+                    imp[k] = b
+        info = {"availability": (sum(avail) / len(avail)) if avail else 1.0}
+        if imp:
+            info["imputed"] = sorted(imp)
+        if 1 <= gap <= spec.impute_max_windows:
+            info["imputed_windows"] = [{"start": w.start - i * size, "end": w.start - (i - 1) * size}
+                                       for i in range(gap, 0, -1)]
+        return imp, info
+
     def _on_window(self, w: ClosedWindow) -> list[dict]:
+        """Score, decide and learn one closed window (then check its entity's metrics for long gaps).
+
+        Decision, after warm-up: the window is anomalous when either
+        - (multivariate) the HST grade >= ``threshold.grade``, the raw score >= ``score_floor``
+          and the window's sum of squared z is improbable under chi-square(d) at ``distance_p``; or
+        - (single feature) its largest |z| among observed, non-degenerate features (presence
+          features count/availability excluded) is improbable for a Gaussian after a Bonferroni
+          correction for the n features at ``feature_p`` *and* at least ``feature_peak_ratio``
+          times the entity's recent peak |z| (a decaying maximum over its normal windows, half-life
+          ``history`` windows), which guards heavy-tailed features (min/max, deltas) whose normal
+          |z| reaches 6-7 now and then. Trees splitting on one feature out of 50 barely move for
+          an excursion of that feature alone, so the grade path alone rarely catches one.
+        """
         spec = self.spec
         ent = self.entities[w.entity]
         out: list[dict] = []
-        gap = 0
+        gap = 0  # whole windows without any sample between the previous closed window and this one
         if ent.last_end > -math.inf:
-            gap = int(round((w.start - ent.last_end) / spec.window))
+            gap = max(0, int(round((w.start - ent.last_end) / spec.window)))
         ent.last_end = w.end
         ent.gap_flagged = False
         ent.n_windows += 1
-        feats = self._features(ent, w)
+        obs = self._features(ent, w)
+        imp, info = self._impute(ent, w, gap)
+        info["gap_windows"] = gap
+        feats = dict(obs)
+        feats.update(imp)
+        self.imputed_features += len(imp)
         for metric, s in w.summary.items():  # learn the expected sample count per window
             e = ent.expected.get(metric)
             ent.expected[metric] = s["count"] if e is None else e + 0.05 * (s["count"] - e)
         # --- standardize against the entity's baseline --------------------------------------------
         z: dict[str, float] = {}
-        for k, v in feats.items():
+        thr = spec.threshold
+        zmax, zfeat, n_z = 0.0, None, 0  # largest |z| among tested features, and how many were tested
+        for k, v in obs.items():
             m = ent.mean.get(k)
             if m is None:
                 z[k] = 0.0
                 continue
             sd = math.sqrt(ent.var[k])
             floor = 1e-3 * max(abs(m), 1e-9) + 1e-9  # a constant feature still gets a finite z
-            z[k] = (v - m) / max(sd, floor)
+            zk = z[k] = (v - m) / max(sd, floor)
+            if sd > floor and not k.endswith(_PRESENCE_FEATURES):
+                n_z += 1
+                if abs(zk) > zmax:
+                    zmax, zfeat = abs(zk), k
+        for k in imp:
+            z[k] = 0.0
         x = {k: min(1.0, max(0.0, 0.5 + zk / _Z_SCALE)) for k, zk in z.items()}
         warm = ent.n_normal >= spec.warmup_windows
         if ent.model is None:
@@ -202,30 +463,41 @@ class Detector:
         scores = ent.scores
         grade = (sum(1 for s in scores if s < score) / len(scores)) if (warm and scores) else 0.0
         # distance from baseline: sum of squared z against the chi-square tail (a window must be
-        # improbable as a whole, not only rank high among recent scores)
+        # improbable as a whole, not only rank high among recent scores); imputed features carry
+        # no evidence, so they count in neither the sum nor the degrees of freedom
         d2 = sum(v * v for v in z.values())
-        thr = spec.threshold
-        anomalous = (warm and grade >= thr.grade and score >= thr.score_floor
-                     and d2 >= _chi2_isf(thr.distance_p, len(z)))
+        dof = len(z) - len(imp)
+        multi = (warm and grade >= thr.grade and score >= thr.score_floor
+                 and d2 >= _chi2_isf(thr.distance_p, dof))
+        z_crit = _z_crit(thr.feature_p, n_z) if thr.feature_p > 0 else math.inf
+        z_thr = max(z_crit, thr.feature_peak_ratio * ent.zpeak)
+        single = warm and n_z > 0 and zmax >= z_thr
+        anomalous = multi or single
+        decision = {"path": ("multivariate+single_feature" if multi and single else
+                             "multivariate" if multi else "single_feature" if single else None),
+                    "max_z": zmax, "max_z_feature": zfeat, "features_tested": n_z,
+                    "z_critical": z_crit if math.isfinite(z_crit) else None,
+                    "z_peak": ent.zpeak, "z_threshold": z_thr if math.isfinite(z_thr) else None,
+                    "distance": d2, "distance_threshold": _chi2_isf(thr.distance_p, dof), "dof": dof}
         # --- drift ---------------------------------------------------------------------------------
         drift_alert = None
         if spec.drift and not anomalous and warm:
-            drift_alert = self._drift(ent, w, feats)
+            drift_alert = self._drift(ent, w, obs, info)
         # --- lifecycle -----------------------------------------------------------------------------
         if anomalous:
             ent.normal_streak = 0
             if ent.incident is None and w.start >= ent.cooldown_until:
-                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap)
+                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap, info, decision)
                 ent.incident = {"id": a["alert_id"], "start": w.start}
                 out.append(a)
         else:
             # back to normal means close to baseline again, not merely a lower rank among recent
             # scores (those include the incident's own): a level shift stays firing until it ends
             # or ADWIN declares it the new normal
-            near = d2 < _chi2_isf(_RESOLVE_P, max(1, len(z)))
+            near = d2 < _chi2_isf(_RESOLVE_P, max(1, dof))
             ent.normal_streak = ent.normal_streak + 1 if near else 0
             if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
-                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap)
+                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap, info, decision)
                 a["incident_id"] = ent.incident["id"]
                 out.append(a)
                 ent.incident = None
@@ -238,13 +510,32 @@ class Detector:
             if len(scores) > thr.history:
                 del scores[0]
         # learn only normal windows: nothing of an open incident (not even its lower-ranked
-        # windows) may leak into the baseline, or the incident would soon look normal
+        # windows) may leak into the baseline, or the incident would soon look normal. Imputed
+        # values are never learned: the baseline takes the observed features only, and the trees
+        # skip a window with imputed features (their baseline-centred coordinates would pile mass
+        # on the centre as if observed; river's missing-feature rule would reinforce the heaviest
+        # path instead, which is imputation too)
         if not anomalous and (ent.incident is None or ent.normal_streak > 0 or not warm):
-            ent.model.learn_one(x)
-            self._update_baseline(ent, feats)
+            if not imp:
+                ent.model.learn_one(x)
+            self._update_baseline(ent, obs)
+            if ent.n_normal > max(2, spec.warmup_windows // 2):  # the baseline's std means something by now
+                d = ent.zpeak * self._zdecay
+                ent.zpeak = zmax if zmax > d else d
+        for m in w.summary:
+            if w.end > ent.mwin.get(m, -math.inf):
+                ent.mwin[m] = w.end
+        # --- long gaps of single metrics while the entity still reports -----------------------------
+        lim = spec.missing_after_windows
+        if lim > 0:
+            silent = {m: t for m, t in ent.mlast.items()
+                      if t < w.start and self._silent_windows(t, w.end) > lim}
+            if silent:
+                out += self._open_gap(ent, silent, w.end, "window")
         if self.on_window is not None:
             self.on_window(w, {"score": score, "grade": grade, "distance": d2, "anomalous": anomalous,
-                               "firing": ent.incident is not None, "warm": warm})
+                               "firing": ent.incident is not None, "warm": warm, "max_z": zmax,
+                               "path": decision["path"], "imputed": info.get("imputed", [])})
         return out
 
     def _update_baseline(self, ent: _Entity, feats: dict[str, float]) -> None:
@@ -259,7 +550,7 @@ class Detector:
             ent.var[k] = (1 - a) * (ent.var[k] + a * d * d)
         ent.n_normal += 1
 
-    def _drift(self, ent: _Entity, w: ClosedWindow, feats: dict[str, float]) -> dict | None:
+    def _drift(self, ent: _Entity, w: ClosedWindow, feats: dict[str, float], info: dict | None = None) -> dict | None:
         from river.drift import ADWIN
 
         changed = []
@@ -284,7 +575,7 @@ class Detector:
                                     "change_point": w.end - ad.width * self.spec.window, "window_width": ad.width})
         if not changed:
             return None
-        a = self._base(ent, w, "data_drift", "firing")
+        a = self._base(ent, w, "data_drift", "firing", info)
         a["drift"] = {"detector": "ADWIN", "delta": self.spec.drift_delta, "changes": changed,
                       "change_point": min(c["change_point"] for c in changed)}
         a["features"] = feats
@@ -295,13 +586,14 @@ class Detector:
         ent.model = make_model(self.spec.model)
         ent.mean.clear(); ent.var.clear(); ent.n_normal = 0; del ent.scores[:]
         ent.adwins.clear()
+        ent.zpeak = 0.0
         return a
 
     # ------------------------------------------------------------------------ alerts
     def _baseline(self, ent: _Entity, feats: dict[str, float]) -> dict:
         return {k: {"mean": ent.mean[k], "std": math.sqrt(ent.var[k])} for k in feats if k in ent.mean}
 
-    def _base(self, ent: _Entity, w: ClosedWindow, kind: str, status: str) -> dict:
+    def _base(self, ent: _Entity, w: ClosedWindow, kind: str, status: str, info: dict | None = None) -> dict:
         spec = self.spec
         ranges = sorted(
             ({"partition": s["partition"], "first_offset": s["first_offset"], "last_offset": s["last_offset"], "metric": m}
@@ -310,6 +602,11 @@ class Detector:
         )
         first = ranges[0] if ranges else {"partition": None, "first_offset": None, "last_offset": None}
         eid = w.entity
+        window = {"start": w.start, "end": w.end}
+        if info:
+            window["availability"] = info["availability"]
+            window["imputed"] = info.get("imputed", [])
+            window["imputed_windows"] = info.get("imputed_windows", [])
         return {
             "alert_id": alert_id(spec.name, eid, w.start, w.end, kind, status),
             "status": status,
@@ -317,7 +614,7 @@ class Detector:
             "detector": spec.name,
             "severity": spec.severity,
             "series": {"id": eid, "labels": ent.labels, "metrics": sorted(w.summary)},
-            "window": {"start": w.start, "end": w.end},
+            "window": window,
             "source": {"topic": self.source_topic, "partition": first["partition"],
                        "first_offset": first["first_offset"], "last_offset": first["last_offset"], "ranges": ranges},
             "summary": {m: {k: s[k] for k in ("count", "mean", "std", "min", "max", "median", "first_ts", "last_ts")}
@@ -327,33 +624,38 @@ class Detector:
         }
 
     def _alert(self, ent: _Entity, w: ClosedWindow, kind: str, status: str, feats: dict, z: dict,
-               score: float, grade: float, gap: int) -> dict:
+               score: float, grade: float, gap: int, info: dict | None = None, decision: dict | None = None) -> dict:
         spec = self.spec
-        a = self._base(ent, w, kind, status)
+        a = self._base(ent, w, kind, status, info)
+        imputed = set((info or {}).get("imputed", ()))
         total = sum(abs(v) for v in z.values()) or 1.0
         attribution = sorted(
             ({"feature": k, "share": abs(z[k]) / total,
               "direction": "high" if z[k] > 1 else "low" if z[k] < -1 else "normal",
-              "value": feats[k], "z": z[k],
+              "value": feats[k], "z": z[k], "imputed": k in imputed,
               "baseline": {"mean": ent.mean.get(k), "std": math.sqrt(ent.var[k]) if k in ent.var else None}}
              for k in z),
             key=lambda r: -r["share"],
         )
+        thr = spec.threshold
         a.update({
             "features": feats,
             "score": score,
             "grade": grade,
-            "threshold": {"grade": spec.threshold.grade, "score_floor": spec.threshold.score_floor,
-                          "distance_p": spec.threshold.distance_p, "history": len(ent.scores)},
+            "threshold": {"grade": thr.grade, "score_floor": thr.score_floor,
+                          "distance_p": thr.distance_p, "history": len(ent.scores),
+                          "feature_p": thr.feature_p, "feature_peak_ratio": thr.feature_peak_ratio},
             "attribution": attribution,
             "baseline": self._baseline(ent, feats),
             "model": {"type": "HalfSpaceTrees", "params": vars(spec.model) if hasattr(spec.model, "__dict__") else {},
                       "windows_seen": ent.n_windows, "normal_windows_learned": ent.n_normal,
                       "warm": ent.n_normal >= spec.warmup_windows, "warmup_windows": spec.warmup_windows},
-            "imputed_gap_windows": gap - 1 if 1 < gap <= spec.impute_max_windows + 1 else 0,
+            "imputed_gap_windows": gap if 1 <= gap <= spec.impute_max_windows else 0,
         })
-        if gap > spec.impute_max_windows + 1:
-            a["gap_windows"] = gap - 1
+        if decision is not None:
+            a["decision"] = decision
+        if gap > spec.impute_max_windows:
+            a["gap_windows"] = gap
         return a
 
     # ------------------------------------------------------------------ durable state
@@ -371,6 +673,8 @@ class Detector:
             "last_seen": ent.last_seen if math.isfinite(ent.last_seen) else None,
             "metrics": sorted(ent.metrics), "windows": self.windows.export_entity(eid),
             "cursor": {str(k): v for k, v in ent.cursor.items()},
+            # version 2
+            "mlast": ent.mlast, "mwin": ent.mwin, "gap": ent.gap, "zpeak": ent.zpeak,
         }
         model = ent.model.to_bytes() if ent.model is not None else b""
         adw = pickle.dumps(ent.adwins, protocol=5) if ent.adwins else b""
@@ -380,7 +684,7 @@ class Detector:
     def import_state(self, eid: str, data: bytes) -> None:
         import pickle
 
-        if not data or data[0] != STATE_VERSION:
+        if not data or data[0] not in _READABLE_VERSIONS:
             raise ValueError(f"unsupported entity state version {data[:1]!r}")
         n = int.from_bytes(data[1:5], "big")
         body = orjson.loads(data[5:5 + n])
@@ -401,10 +705,19 @@ class Detector:
         ent.metrics = set(body["metrics"])
         ent.model = model_from_bytes(model) if model else None
         ent.adwins = pickle.loads(adw) if adw else {}
+        if "mlast" in body:  # version 2
+            ent.mlast, ent.mwin, ent.gap, ent.zpeak = body["mlast"], body["mwin"], body["gap"], body["zpeak"]
+        else:  # version 1 kept no per-metric times: every metric counts as last seen with the entity
+            if math.isfinite(ent.last_seen):
+                ent.mlast = dict.fromkeys(sorted(ent.metrics), ent.last_seen)
+            if math.isfinite(ent.last_end):
+                ent.mwin = dict.fromkeys(ent.expected, ent.last_end)
         self.windows.import_entity(eid, body["windows"], ent.lane)
+        if self.spec.missing_after_windows > 0 and math.isfinite(ent.last_seen):
+            self._watch(ent)
 
     def drop(self, eid: str) -> None:
-        self.entities.pop(eid, None)
+        self.entities.pop(eid, None)  # its silence-heap entry goes stale and is skipped
         self.windows.drop_entity(eid)
 
     def seen(self, eid: str, partition: int, offset: int) -> bool:
@@ -418,9 +731,18 @@ class Detector:
             ent.cursor[partition] = offset
 
     def expire(self, now_event_time: float, ttl: float, lane: int | None = None) -> list[str]:
-        """Forget entities idle (in event time) for longer than ttl; returns their ids."""
+        """Forget entities idle (in event time) for longer than ttl; returns their ids.
+
+        An expiring entity's open ``missing_data`` incident is resolved (``missing.reason:
+        "expired"``); that alert comes out of the lane's next :meth:`advance_lane`.
+        """
         gone = [e for e, ent in self.entities.items()
                 if ent.last_seen < now_event_time - ttl and (lane is None or ent.lane == lane)]
         for e in gone:
+            ent = self.entities[e]
+            if ent.gap is not None:
+                a = self._gap_alert(ent, "resolved", now_event_time)
+                a["missing"]["reason"] = "expired"
+                self._pending.setdefault(ent.lane, []).append(a)
             self.drop(e)
         return gone

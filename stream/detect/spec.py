@@ -42,6 +42,12 @@ class ThresholdPolicy:
     score_floor: float = 0.55  # ... and the raw HST score is at least this
     distance_p: float = 1e-8  # ... and sum(z^2) of the window is this improbable under chi-square(d)
     history: int = 200  # recent scores kept per entity for calibration
+    # single-feature path: a window is also anomalous when its largest |z| (observed, non-degenerate
+    # features; count/availability excluded) is improbable at feature_p for a Gaussian after a
+    # Bonferroni correction for the number of features, and at least feature_peak_ratio times the
+    # entity's recent peak |z| (a guard for heavy-tailed features); feature_p: 0 turns it off
+    feature_p: float = 1e-8
+    feature_peak_ratio: float = 2.5
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,8 @@ class DetectorSpec:
     drift_delta: float = 0.002
     drift_min_effect: float = 1.0  # |after - before| in units of the metric's sample noise
     baseline_halflife: float = 30.0  # windows; EWMA of the entity's normal feature values
-    impute_max_windows: int = 2  # gaps up to this many windows are imputed; longer ones alert
+    impute_max_windows: int = 2  # gaps up to this many windows are imputed with the baseline (never learned)
+    missing_after_windows: int = 5  # silent for more windows than this: a missing_data incident (0: off)
     source: str = "<built-in>"
 
     # ------------------------------------------------------------------------------
@@ -98,7 +105,8 @@ class DetectorSpec:
         if not isinstance(d, dict):
             raise SpecError(f"{source}: a spec must be a mapping")
         known = {"name", "selector", "group_by", "window", "features", "model", "warmup_windows", "threshold",
-                 "severity", "cooldown_windows", "resolve_after", "drift", "baseline_halflife", "impute_max_windows"}
+                 "severity", "cooldown_windows", "resolve_after", "drift", "baseline_halflife", "impute_max_windows",
+                 "missing_after_windows"}
         for k in d:
             if k not in known:
                 raise err(k, f"unknown field (known: {', '.join(sorted(known))})")
@@ -177,16 +185,21 @@ class DetectorSpec:
             params = {}
             for k, v in t.items():
                 if k not in ThresholdPolicy.__dataclass_fields__:
-                    raise err(f"threshold.{k}", "unknown field (known: grade, score_floor, distance_p, history)")
+                    raise err(f"threshold.{k}", "unknown field (known: grade, score_floor, distance_p, history, "
+                                                    "feature_p, feature_peak_ratio)")
                 params[k] = _num(v, err, f"threshold.{k}")
             if not 0 < params.get("grade", 0.5) <= 1:
                 raise err("threshold.grade", "must be in (0, 1]")
+            if not 0 <= params.get("feature_p", 0.0) < 1:
+                raise err("threshold.feature_p", "must be in [0, 1) (0 turns the single-feature path off)")
+            if params.get("feature_peak_ratio", 1.0) < 0:
+                raise err("threshold.feature_peak_ratio", "must be >= 0")
             if "history" in params:
                 params["history"] = int(params["history"])
                 if params["history"] < 10:
                     raise err("threshold.history", "must be at least 10")
             kw["threshold"] = ThresholdPolicy(**params)
-        for k in ("warmup_windows", "cooldown_windows", "resolve_after", "impute_max_windows"):
+        for k in ("warmup_windows", "cooldown_windows", "resolve_after", "impute_max_windows", "missing_after_windows"):
             if k in d:
                 v = d[k]
                 if not isinstance(v, int) or isinstance(v, bool) or v < 0:
