@@ -7,11 +7,29 @@ model and have the same partition count, so a model's inferences, its feedback a
 this code) and sends what it returns: dead-letter records for bad events (reason, original bytes,
 source and time) and the core's alerts.
 
-Each model's monitor state is snapshotted into the changelog-backed table ``model-monitor-state``
-(key = model) every ``SNAPSHOT_EVERY`` messages of that model, with the input offsets it reflects;
-after a restart the state is recovered from the table and messages it already holds are skipped.
-Messages between the last snapshot and the committed offset (at most ``SNAPSHOT_EVERY`` per
-model) are not replayed into the recovered state.
+Each model's monitor state is kept in the changelog-backed table ``model-monitor-state`` (key =
+model), one blob per model: the serialized :class:`~stream.detect.monitor.ModelMonitor` and the
+input offsets it reflects (``topic/partition`` -> last offset folded in). After a restart or a
+rebalance the state is recovered from the table, and messages it already holds are skipped.
+
+When the state is written depends on the processing guarantee:
+
+* **at-least-once** (the default): lazily. A message that changes a model marks it dirty; right
+  before every offset commit (the worker's ``app.before_commit`` hook, installed on the
+  consumer's ``force_commit``) each dirty model is serialized once and written to the table and
+  its changelog, on the model's partition (the table is co-partitioned with the input topics).
+  A partition being revoked has its dirty models written the same way, and its models are then
+  dropped from memory (reloaded from the table if the partition comes back). Faust flushes the
+  producer before it commits, so **invariant: every message below a committed input offset is
+  reflected in the changelog** - a model's stored state holds everything processed up to the
+  committed offsets, possibly more (messages processed after the commit began); after a crash
+  the input is replayed from the committed offsets and the stored offsets skip what the state
+  already holds. A model costs one serialization per commit interval, whatever its message rate.
+* **exactly_once** (Kafka transactions): a changelog write must belong to the transaction of the
+  event that caused it, which Faust only arranges for writes made while processing an event; so
+  the state is written inside the agent, every ``SNAPSHOT_EVERY`` messages of a model. Up to
+  ``SNAPSHOT_EVERY - 1`` messages of a model between its last snapshot and the committed offset
+  are then not in the recovered state (a known gap of that mode).
 
 Idle models are forgotten (``STREAM_MODEL_TTL_SECONDS``): a model version that has sent nothing for
 that long in event time (the partition's newest event) is dropped from memory and from the stored
@@ -27,7 +45,7 @@ import logging
 import math
 import struct
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -41,7 +59,7 @@ from stream.settings import Settings
 
 log = logging.getLogger("stream.models_worker")
 
-#: messages of one model between two snapshots of its state
+#: exactly_once only: messages of one model between two snapshots of its state
 SNAPSHOT_EVERY = 100
 
 
@@ -60,12 +78,23 @@ class MonitorProcessor:
 
     ``table`` is the model-state table (a Faust table in the worker, a dict in tests and the
     benchmark). :meth:`process` returns ``(dead letters as (key, value) bytes, alerts)``.
+
+    ``lazy`` (at-least-once): :meth:`process` only marks the models it changes dirty;
+    :meth:`flush` (called right before every offset commit) writes each dirty model once, with
+    ``write(key, partition, blob)`` (default: ``table[key] = blob``; in the worker, the table's
+    data and its changelog on the model's partition), and :meth:`revoke` writes then forgets the
+    models of revoked partitions. Not lazy (exactly_once): a model is written inside
+    :meth:`process` every ``SNAPSHOT_EVERY`` of its messages.
     """
 
-    def __init__(self, s: Settings, mons: Monitors, table: MutableMapping):
+    def __init__(self, s: Settings, mons: Monitors, table: MutableMapping, *, lazy: bool = False,
+                 write: Callable[[bytes, int | None, bytes], None] | None = None):
         self.s = s
         self.mons = mons
         self.table = table
+        self.lazy = lazy
+        self.write = write or self._write_table
+        self.dirty: set[str] = set()  # lazy: models changed since they were last written
         self.offsets: dict[str, dict] = {}  # model -> {"topic/partition": last offset reflected}
         self.since: dict[str, int] = {}  # model -> messages since its last snapshot
         self.sizes: dict[str, int] = {}  # model -> bytes of its last snapshot
@@ -77,7 +106,10 @@ class MonitorProcessor:
         self.counters = {t: (m.EVENTS.labels(t, "processed"), m.EVENTS.labels(t, "deadlettered"))
                          for t in (s.topic_inferences, s.topic_feedback)}
 
-    def recover(self, model: str) -> None:
+    def _write_table(self, key: bytes, partition: int | None, blob: bytes) -> None:
+        self.table[key] = blob
+
+    def recover(self, model: str, partition: int | None = None) -> None:
         if model in self.mons.models:
             return
         blob = self.table.get(model.encode())
@@ -89,9 +121,14 @@ class MonitorProcessor:
             self.offsets[model] = {k: v for k, v in offs.items() if not k.startswith("_")}
         except Exception as exc:  # noqa: BLE001 - a state this build cannot read starts afresh
             log.warning("model %s: cannot restore its monitor state (%s); starting afresh", model, exc)
+            return
+        if partition is not None:
+            self.lane_of[model] = partition
 
     def snapshot(self, model: str) -> None:
+        """Serialize one model (with its offsets) and write it to the table."""
         self.since[model] = 0
+        self.dirty.discard(model)
         mm = self.mons.models[model]
         head = dict(self.offsets.get(model, {}))
         # for the TTL sweep of models not in memory (after a restart): their partition and clock
@@ -100,7 +137,7 @@ class MonitorProcessor:
         if not math.isfinite(head["_now"]):
             head["_now"] = None
         blob = _pack(head, self.mons.export_state(model))
-        self.table[model.encode()] = blob
+        self.write(model.encode(), self.lane_of.get(model), blob)
         self.sizes[model] = len(blob)
         m.STATE_BYTES.labels("models").set(sum(self.sizes.values()))
         spec = self.mons.models[model].spec.name
@@ -110,9 +147,46 @@ class MonitorProcessor:
     def forget(self, model: str) -> None:
         """Drop everything kept for a model that expired (its table key included)."""
         self.table.pop(model.encode(), None)
+        self._drop(model)
+
+    def _drop(self, model: str) -> None:
         for d in (self.offsets, self.since, self.sizes, self.lane_of):
             d.pop(model, None)
+        self.dirty.discard(model)
         m.STATE_BYTES.labels("models").set(sum(self.sizes.values()))
+
+    def flush(self, lanes: set[int] | None = None) -> int:
+        """Write every dirty model (of partitions ``lanes``, or all) once; how many were written.
+
+        Called right before every offset commit: afterwards the table's changelog (once the
+        producer is flushed, which Faust does before committing) holds each model's state with
+        everything processed so far, so all below the offsets about to be committed."""
+        if not self.dirty:
+            return 0
+        n = 0
+        for model in list(self.dirty):
+            if model not in self.mons.models:
+                self.dirty.discard(model)
+                continue
+            if lanes is not None and self.lane_of.get(model) not in lanes:
+                continue
+            self.snapshot(model)
+            n += 1
+        return n
+
+    def revoke(self, lanes: set[int], flush: bool = True) -> list[str]:
+        """Partitions ``lanes`` were taken away: write their dirty models (``flush``), then forget
+        their models, which are reloaded from the table if a partition comes back."""
+        if flush:
+            self.flush(lanes)
+        gone = [mod for mod in self.mons.models if self.lane_of.get(mod) in lanes]
+        for mod in gone:
+            del self.mons.models[mod]
+            self._drop(mod)
+        for lane in lanes:
+            self.lane_now.pop(lane, None)
+            self.lane_checked.pop(lane, None)
+        return gone
 
     def expire(self, partition: int) -> tuple[list[str], list[str]]:
         """Forget the idle models and versions of one partition (``STREAM_MODEL_TTL_SECONDS``)."""
@@ -125,7 +199,10 @@ class MonitorProcessor:
         for mod in dropped:
             self.forget(mod)
         for mod in changed:
-            self.snapshot(mod)
+            if self.lazy:
+                self.dirty.add(mod)
+            else:
+                self.snapshot(mod)
         dropped += self.sweep_stored(partition, now - self.ttl)
         return dropped, changed
 
@@ -184,7 +261,7 @@ class MonitorProcessor:
                 j += 1
             run = good[i:j] if (i or j < n) else good
             i = j
-            self.recover(model)
+            self.recover(model, partition)
             if offsets.get(model, {}).get(where, -1) >= offset:
                 continue  # already in the recovered state (replay after a restart)
             if fb_topic:
@@ -197,12 +274,18 @@ class MonitorProcessor:
                 lane_now = ts
             touched.add(model)
         self.lane_now[partition] = lane_now
+        lazy = self.lazy
         for model in touched:
             offsets.setdefault(model, {})[where] = offset
             self.lane_of[model] = partition
-            n = self.since[model] = self.since.get(model, 0) + 1
-            if n >= SNAPSHOT_EVERY and model in mons.models:
-                self.snapshot(model)
+            if model not in mons.models:
+                continue  # not monitored (no spec matches it): nothing to store
+            if lazy:
+                self.dirty.add(model)
+            else:
+                n = self.since[model] = self.since.get(model, 0) + 1
+                if n >= SNAPSHOT_EVERY:
+                    self.snapshot(model)
         self.expire(partition)
         return dead, alerts
 
@@ -219,8 +302,31 @@ def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic:
                       key_type=bytes, value_type=bytes,
                       help="serialized per-model monitor state (stream.detect.monitor.ModelMonitor) "
                            "and the input offsets it reflects")
-    proc = MonitorProcessor(s, mons, table)
+    # at-least-once: lazy writes before every offset commit (the worker's commit hook); under
+    # exactly_once the worker installs no hook (app.before_commit stays empty) and the state is
+    # written inside the agent, where Faust puts the write in the event's transaction
+    before_commit = getattr(app, "before_commit", None)
+    lazy = before_commit is not None and s.processing_guarantee != "exactly_once"
+
+    def write_changelog(key: bytes, partition: int | None, blob: bytes) -> None:
+        # outside an event Faust cannot pick the changelog partition: it is the model's partition
+        # of the input topics, co-partitioned with the table
+        table.data[key] = blob
+        table.send_changelog(partition, key, blob)
+
+    proc = MonitorProcessor(s, mons, table, lazy=lazy, write=write_changelog if lazy else None)
     app.monitor_processor = proc  # type: ignore[attr-defined]
+    if lazy:
+        before_commit.append(proc.flush)
+    input_topics = {s.topic_inferences, s.topic_feedback}
+
+    @app.on_partitions_revoked.connect
+    async def on_models_revoked(sender, revoked, **kwargs) -> None:
+        lanes = {tp.partition for tp in revoked if tp.topic in input_topics}
+        if lanes:
+            gone = proc.revoke(lanes, flush=lazy)
+            if gone:
+                log.info("partitions %s revoked: %d model(s) written and unloaded", sorted(lanes), len(gone))
 
     @app.agent(inputs)
     async def monitor(stream):
