@@ -10,8 +10,10 @@
 * **annotations**: ``summary``, ``attribution`` (top features), ``alert_id``, ``status``,
   ``window``, ``score``/``grade`` when present, ``source``;
 * **times**: ``startsAt`` = the event's ``created_at``; a firing alert ends ``firing_ttl`` after
-  it (the service sends no heartbeat; a resolved event ends it earlier); a resolved one
-  ``endsAt`` = now.
+  it (the service sends no heartbeat; a resolved event ends it earlier, and an incident still
+  open after ``firing_ttl`` drops out of Alertmanager: choose the TTL longer than incidents last);
+  a resolved one ``endsAt`` = now. Old history replayed by a new bridge group arrives with its
+  ``endsAt`` in the past, so Alertmanager keeps it as ended instead of firing it again.
 
 :class:`AlertmanagerClient` posts batches to ``/api/v2/alerts``, retrying with exponential
 backoff while Alertmanager is unreachable or answers 5xx, so nothing is lost: the bridge commits
@@ -114,7 +116,9 @@ def to_alertmanager(a: dict, *, now: float | None = None, firing_ttl: float = 86
         annotations["source"] = f"{src['topic']}/{src.get('partition')} offsets {src.get('first_offset')}..{src.get('last_offset')}"
     created = a.get("created_at") if isinstance(a.get("created_at"), (int, float)) else now
     starts = min(created, now)
-    ends = now if a.get("status") == "resolved" else max(starts + firing_ttl, now + 60.0)
+    # a firing event ends firing_ttl after it started: replayed history (a new bridge group reads
+    # the topic from the beginning) whose TTL has passed arrives already ended and fires nothing
+    ends = now if a.get("status") == "resolved" else starts + firing_ttl
     return {"labels": labels, "annotations": annotations, "startsAt": _iso(starts), "endsAt": _iso(ends)}
 
 

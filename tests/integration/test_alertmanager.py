@@ -48,6 +48,18 @@ def test_mapping_labels_annotations_and_times():
     assert res["endsAt"] >= res["startsAt"]
 
 
+def test_replayed_history_older_than_the_ttl_arrives_ended():
+    """A new bridge group reads the alerts topic from the beginning: a two-day-old firing event must
+    not fire again in Alertmanager (its endsAt is in the past), a fresh one must."""
+    now = time.time()
+    old = _alert()
+    old["created_at"] = now - 2 * 86400
+    am = to_alertmanager(old, now=now, firing_ttl=86400)
+    assert am["startsAt"] < am["endsAt"] < to_alertmanager(_alert(), now=now)["startsAt"]
+    fresh = to_alertmanager(_alert(), now=now, firing_ttl=86400)
+    assert fresh["endsAt"] > fresh["startsAt"]
+
+
 def test_client_retries_then_delivers_and_skips_rejected_alerts():
     calls, logs = [], []
 
