@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from typing import Any
 
 import faust
@@ -58,6 +59,21 @@ def ssl_context(s: Settings):
     if s.ssl_certfile:
         ctx.load_cert_chain(s.ssl_certfile, s.ssl_keyfile or None, s.ssl_key_password or None)
     return ctx
+
+
+def pack_state(blob: bytes) -> bytes:
+    """An entity's state as stored in the table: zlib level 1 over the engine's versioned bytes.
+
+    The state (model, baseline, score history, ADWIN, open windows) is ~21 KB and compresses ~3x;
+    the changelog is the worker's largest output by far (12x the input in the load test), so the
+    ~0.2 ms per write pays for itself in socket, broker and recovery time."""
+    return zlib.compress(blob, 1)
+
+
+def unpack_state(stored: bytes) -> bytes:
+    """Inverse of :func:`pack_state`; uncompressed state (engine versions start with byte 1 or 2,
+    zlib streams with 0x78) written before compression is read as is."""
+    return zlib.decompress(stored) if stored[:1] == b"\x78" else stored
 
 
 class Pipeline:
@@ -221,7 +237,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     def persist_now() -> None:
         for key, (det, eid) in list(dirty.items()):
             if eid in det.entities:
-                blob = det.export_state(eid)
+                blob = pack_state(det.export_state(eid))
                 state_sizes[key] = len(blob)
                 state[key] = blob
         dirty.clear()
@@ -236,7 +252,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 continue
             if lanes is not None and ent.lane not in lanes:
                 continue
-            blob = det.export_state(eid)
+            blob = pack_state(det.export_state(eid))
             state_sizes[key] = len(blob)
             # outside an event Faust cannot pick the changelog partition itself: it is the entity's
             # lane (its partition of the internal topic, co-partitioned with the changelog)
@@ -301,7 +317,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 if eid not in det.entities:
                     stored = state.get(eid.encode())
                     if stored is not None:  # recovered from the changelog after a restart/rebalance
-                        det.import_state(eid, stored)
+                        det.import_state(eid, unpack_state(stored))
                 if det.seen(eid, src_part, src_off):
                     continue  # already folded in before a crash: at-least-once input, effectively-once state
                 late0 = det.late

@@ -113,3 +113,22 @@ def test_a_future_timestamp_is_deadlettered_and_the_rest_of_the_batch_kept():
     # without a horizon (offline tools) nothing is in the future
     good, bad = decode_metrics(one, max_bytes=1 << 20, max_batch=10)
     assert len(good) == 1 and not bad
+
+
+def test_stored_entity_state_is_compressed_and_old_uncompressed_state_still_loads():
+    import random
+
+    from stream.worker import pack_state, unpack_state
+
+    det = Detector(DetectorSpec(name="hosts", group_by=("host",), window=60, warmup_windows=5))
+    rng = random.Random(3)
+    for i in range(60 * 40):
+        det.ingest("cpu", {"host": "a"}, float(i), 10 + rng.gauss(0, 1))
+    eid = next(iter(det.entities))
+    raw = det.export_state(eid)
+    stored = pack_state(raw)
+    assert len(stored) < len(raw) / 2
+    for blob in (stored, raw):  # compressed, and as written before compression
+        other = Detector(det.spec)
+        other.import_state(eid, unpack_state(blob))
+        assert other.export_state(eid) == raw
