@@ -133,6 +133,8 @@ class Detector:
         # silent if it sends nothing more (checked by advance_lane; O(due entries), not O(entities))
         self._silence: dict[int, list[tuple[float, str]]] = {}
         self._pending: dict[int, list[dict]] = {}  # per lane: alerts to emit at the next advance
+        # a sample this far after its metric's previous one may end a long gap (checked exactly then)
+        self._gap_span = spec.missing_after_windows * spec.window if spec.missing_after_windows > 0 else math.inf
         # optional observer of every closed window's verdict (offline scoring, evaluation):
         # called as on_window(window, verdict) with verdict = {"score", "grade", "distance",
         # "anomalous", "firing", "warm", "max_z", "path", "imputed"}; "firing" is whether the
@@ -184,11 +186,15 @@ class Detector:
             eid = ent.id
         ent.metrics.add(metric)
         out: list[dict] = []
-        prev = ent.mlast.get(metric)
-        if prev is not None and ts > prev and self.spec.missing_after_windows > 0:
-            out += self._on_return(ent, metric, prev, ts, offset, partition)
-        if prev is None or ts > prev:
-            ent.mlast[metric] = ts
+        mlast = ent.mlast
+        prev = mlast.get(metric)
+        if prev is None:
+            mlast[metric] = ts
+        elif ts > prev:
+            # only a gap of more than missing_after_windows windows, or an open incident, matters
+            if ent.gap is not None or ts - prev > self._gap_span:
+                out += self._on_return(ent, metric, prev, ts, offset, partition)
+            mlast[metric] = ts
         if ts > ent.last_seen:
             ent.last_seen = ts
         if ent.watch is None and self.spec.missing_after_windows > 0:
@@ -379,13 +385,13 @@ class Detector:
         spec = self.spec
         size = spec.window
         imp: dict[str, float] = {}
-        avail = []
-        for m, exp in ent.expected.items():
-            s = w.summary.get(m)
-            if s is not None:
-                avail.append(min(1.0, s["count"] / exp) if exp else 1.0)
+        info: dict = {"gap_windows": gap}
+        summary = w.summary
+        if gap == 0 and ent.expected.keys() <= summary.keys():
+            return imp, info  # nothing missing (the common case)
+        for m in ent.expected:
+            if m in summary:
                 continue
-            avail.append(0.0)
             last = ent.mwin.get(m)
             if last is None:
                 continue
@@ -397,7 +403,6 @@ class Detector:
                 b = ent.mean.get(k)
                 if b is not None:
                     imp[k] = b
-        info = {"availability": (sum(avail) / len(avail)) if avail else 1.0}
         if imp:
             info["imputed"] = sorted(imp)
         if 1 <= gap <= spec.impute_max_windows:
@@ -412,8 +417,9 @@ class Detector:
         - (multivariate) the HST grade >= ``threshold.grade``, the raw score >= ``score_floor``
           and the window's sum of squared z is improbable under chi-square(d) at ``distance_p``; or
         - (single feature) its largest |z| among observed, non-degenerate features (presence
-          features count/availability excluded) is improbable for a Gaussian after a Bonferroni
-          correction for the n features at ``feature_p`` *and* at least ``feature_peak_ratio``
+          features count/availability excluded: a count that never varied would make one missing
+          sample a "z of 16"; they still count in n) is improbable for a Gaussian after a
+          Bonferroni correction for the n features at ``feature_p`` *and* at least ``feature_peak_ratio``
           times the entity's recent peak |z| (a decaying maximum over its normal windows, half-life
           ``history`` windows), which guards heavy-tailed features (min/max, deltas) whose normal
           |z| reaches 6-7 now and then. Trees splitting on one feature out of 50 barely move for
@@ -430,13 +436,12 @@ class Detector:
         ent.n_windows += 1
         obs = self._features(ent, w)
         imp, info = self._impute(ent, w, gap)
-        info["gap_windows"] = gap
-        feats = dict(obs)
-        feats.update(imp)
-        self.imputed_features += len(imp)
-        for metric, s in w.summary.items():  # learn the expected sample count per window
-            e = ent.expected.get(metric)
-            ent.expected[metric] = s["count"] if e is None else e + 0.05 * (s["count"] - e)
+        if imp:
+            feats = dict(obs)
+            feats.update(imp)
+            self.imputed_features += len(imp)
+        else:
+            feats = obs
         # --- standardize against the entity's baseline --------------------------------------------
         z: dict[str, float] = {}
         thr = spec.threshold
@@ -449,10 +454,11 @@ class Detector:
             sd = math.sqrt(ent.var[k])
             floor = 1e-3 * max(abs(m), 1e-9) + 1e-9  # a constant feature still gets a finite z
             zk = z[k] = (v - m) / max(sd, floor)
-            if sd > floor and not k.endswith(_PRESENCE_FEATURES):
+            if sd > floor:  # n_z (the Bonferroni count) includes non-degenerate presence features
                 n_z += 1
-                if abs(zk) > zmax:
-                    zmax, zfeat = abs(zk), k
+                a = zk if zk >= 0.0 else -zk
+                if a > zmax and not k.endswith(_PRESENCE_FEATURES):
+                    zmax, zfeat = a, k
         for k in imp:
             z[k] = 0.0
         x = {k: min(1.0, max(0.0, 0.5 + zk / _Z_SCALE)) for k, zk in z.items()}
@@ -469,15 +475,18 @@ class Detector:
         dof = len(z) - len(imp)
         multi = (warm and grade >= thr.grade and score >= thr.score_floor
                  and d2 >= _chi2_isf(thr.distance_p, dof))
-        z_crit = _z_crit(thr.feature_p, n_z) if thr.feature_p > 0 else math.inf
+        z_crit = _z_crit(thr.feature_p, n_z) if (warm and thr.feature_p > 0) else math.inf
         z_thr = max(z_crit, thr.feature_peak_ratio * ent.zpeak)
         single = warm and n_z > 0 and zmax >= z_thr
         anomalous = multi or single
-        decision = {"path": ("multivariate+single_feature" if multi and single else
-                             "multivariate" if multi else "single_feature" if single else None),
-                    "max_z": zmax, "max_z_feature": zfeat, "features_tested": n_z,
+        path = ("multivariate+single_feature" if multi and single else
+                "multivariate" if multi else "single_feature" if single else None)
+        zpeak = ent.zpeak
+
+        def decision() -> dict:  # built only for an alert
+            return {"path": path, "max_z": zmax, "max_z_feature": zfeat, "features_tested": n_z,
                     "z_critical": z_crit if math.isfinite(z_crit) else None,
-                    "z_peak": ent.zpeak, "z_threshold": z_thr if math.isfinite(z_thr) else None,
+                    "z_peak": zpeak, "z_threshold": z_thr if math.isfinite(z_thr) else None,
                     "distance": d2, "distance_threshold": _chi2_isf(thr.distance_p, dof), "dof": dof}
         # --- drift ---------------------------------------------------------------------------------
         drift_alert = None
@@ -487,7 +496,7 @@ class Detector:
         if anomalous:
             ent.normal_streak = 0
             if ent.incident is None and w.start >= ent.cooldown_until:
-                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap, info, decision)
+                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap, info, decision())
                 ent.incident = {"id": a["alert_id"], "start": w.start}
                 out.append(a)
         else:
@@ -497,7 +506,7 @@ class Detector:
             near = d2 < _chi2_isf(_RESOLVE_P, max(1, dof))
             ent.normal_streak = ent.normal_streak + 1 if near else 0
             if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
-                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap, info, decision)
+                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap, info, decision())
                 a["incident_id"] = ent.incident["id"]
                 out.append(a)
                 ent.incident = None
@@ -505,6 +514,9 @@ class Detector:
         if drift_alert is not None:
             out.append(drift_alert)
         # --- learn (after scoring: strictly online) ---------------------------------------------
+        for metric, s in w.summary.items():  # learn the expected sample count per window
+            e = ent.expected.get(metric)
+            ent.expected[metric] = s["count"] if e is None else e + 0.05 * (s["count"] - e)
         if warm:
             scores.append(score)
             if len(scores) > thr.history:
@@ -522,12 +534,12 @@ class Detector:
             if ent.n_normal > max(2, spec.warmup_windows // 2):  # the baseline's std means something by now
                 d = ent.zpeak * self._zdecay
                 ent.zpeak = zmax if zmax > d else d
-        for m in w.summary:
-            if w.end > ent.mwin.get(m, -math.inf):
-                ent.mwin[m] = w.end
+        mwin = ent.mwin
+        for m in w.summary:  # an entity's windows close in ascending order
+            mwin[m] = w.end
         # --- long gaps of single metrics while the entity still reports -----------------------------
         lim = spec.missing_after_windows
-        if lim > 0:
+        if lim > 0 and len(w.summary) < len(ent.mlast):  # some metric is absent from this window
             silent = {m: t for m, t in ent.mlast.items()
                       if t < w.start and self._silent_windows(t, w.end) > lim}
             if silent:
@@ -535,7 +547,7 @@ class Detector:
         if self.on_window is not None:
             self.on_window(w, {"score": score, "grade": grade, "distance": d2, "anomalous": anomalous,
                                "firing": ent.incident is not None, "warm": warm, "max_z": zmax,
-                               "path": decision["path"], "imputed": info.get("imputed", [])})
+                               "path": path, "imputed": info.get("imputed", [])})
         return out
 
     def _update_baseline(self, ent: _Entity, feats: dict[str, float]) -> None:
@@ -603,8 +615,8 @@ class Detector:
         first = ranges[0] if ranges else {"partition": None, "first_offset": None, "last_offset": None}
         eid = w.entity
         window = {"start": w.start, "end": w.end}
-        if info:
-            window["availability"] = info["availability"]
+        if info is not None:
+            window["availability"] = self._availability(ent, w)
             window["imputed"] = info.get("imputed", [])
             window["imputed_windows"] = info.get("imputed_windows", [])
         return {
@@ -622,6 +634,15 @@ class Detector:
             "related": [],
             "created_at": time.time(),
         }
+
+    @staticmethod
+    def _availability(ent: _Entity, w: ClosedWindow) -> float:
+        """Share of the entity's expected samples present in the window (a missing metric counts 0)."""
+        shares = []
+        for m, exp in ent.expected.items():
+            s = w.summary.get(m)
+            shares.append(0.0 if s is None else min(1.0, s["count"] / exp) if exp else 1.0)
+        return sum(shares) / len(shares) if shares else 1.0
 
     def _alert(self, ent: _Entity, w: ClosedWindow, kind: str, status: str, feats: dict, z: dict,
                score: float, grade: float, gap: int, info: dict | None = None, decision: dict | None = None) -> dict:
