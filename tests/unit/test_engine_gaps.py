@@ -326,3 +326,17 @@ def test_constant_count_is_not_a_single_feature_excursion():
     for w in range(60):
         _feed(det, rng, w, n=10 if w != 50 else 9)
     assert [a for a in det.advance(61 * W) if a["kind"] == "anomaly"] == []
+
+
+def test_offline_empty_cells_are_imputed_for_short_runs_only():
+    import dataclasses
+
+    from stream.detect.offline import DEFAULT_OFFLINE_SPEC, OfflineScorer
+
+    sc = OfflineScorer(dataclasses.replace(DEFAULT_OFFLINE_SPEC, warmup_windows=20))
+    rng = random.Random(15)
+    for _ in range(100):
+        sc.step({"a": rng.gauss(0, 1), "b": rng.gauss(5, 1)})
+    imputed = [sc.step({"a": rng.gauss(0, 1)})["verdict"]["imputed"] for _ in range(4)]
+    assert imputed == [["b:mean"], ["b:mean"], [], []]  # impute_max_windows = 2 rows
+    assert not sc.step({"a": rng.gauss(0, 1), "b": rng.gauss(5, 1)})["alert"]  # b's return is no anomaly
