@@ -22,10 +22,12 @@ from stream.settings import get_settings
 from stream.worker import faust_broker_kwargs
 
 s = get_settings()
+(s.state_path / "faust").mkdir(parents=True, exist_ok=True)
 app = faust.App(
     os.environ.get("LOADTEST_NAIVE_APP", "loadtest-naive"),
     **faust_broker_kwargs(s),
     store="memory://",
+    datadir=str(s.state_path / "faust" / os.environ.get("LOADTEST_NAIVE_APP", "loadtest-naive")),
     topic_partitions=s.topic_partitions,
     web_bind="127.0.0.1",
     stream_wait_empty=False,

@@ -88,10 +88,14 @@ class Pipeline:
 
 def build_app(settings: Settings | None = None) -> faust.App:
     s = settings or get_settings()
+    datadir = s.state_path / "faust" / s.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         s.app_id,
         **faust_broker_kwargs(s),
         store="memory://",
+        # Faust's data dir (table metadata) under STREAM_STATE_DIR, not `<app id>-data` in the cwd
+        datadir=str(datadir),
         topic_partitions=s.topic_partitions,
         topic_replication_factor=s.topic_replication,
         processing_guarantee=s.processing_guarantee,
