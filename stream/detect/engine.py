@@ -446,14 +446,26 @@ class Detector:
         z: dict[str, float] = {}
         thr = spec.threshold
         zmax, zfeat, n_z = 0.0, None, 0  # largest |z| among tested features, and how many were tested
+        # x: z squashed into [0, 1] for the trees; d2: the window's squared distance from baseline.
+        # One pass with plain comparisons (no max/min/abs calls): this loop runs for every feature
+        # of every closed window and was the engine's largest cost.
+        x: dict[str, float] = {}
+        d2 = 0.0
+        mean_get, var = ent.mean.get, ent.var
+        sqrt, inv_scale = math.sqrt, 1.0 / _Z_SCALE
         for k, v in obs.items():
-            m = ent.mean.get(k)
+            m = mean_get(k)
             if m is None:
                 z[k] = 0.0
+                x[k] = 0.5
                 continue
-            sd = math.sqrt(ent.var[k])
-            floor = 1e-3 * max(abs(m), 1e-9) + 1e-9  # a constant feature still gets a finite z
-            zk = z[k] = (v - m) / max(sd, floor)
+            sd = sqrt(var[k])
+            am = m if m >= 0.0 else -m
+            floor = 1e-3 * (am if am > 1e-9 else 1e-9) + 1e-9  # a constant feature still gets a finite z
+            zk = z[k] = (v - m) / (sd if sd > floor else floor)
+            d2 += zk * zk
+            t = 0.5 + zk * inv_scale
+            x[k] = 0.0 if t < 0.0 else (1.0 if t > 1.0 else t)
             if sd > floor:  # n_z (the Bonferroni count) includes non-degenerate presence features
                 n_z += 1
                 a = zk if zk >= 0.0 else -zk
@@ -461,17 +473,16 @@ class Detector:
                     zmax, zfeat = a, k
         for k in imp:
             z[k] = 0.0
-        x = {k: min(1.0, max(0.0, 0.5 + zk / _Z_SCALE)) for k, zk in z.items()}
+            x[k] = 0.5
         warm = ent.n_normal >= spec.warmup_windows
         if ent.model is None:
             ent.model = make_model(spec.model)
         score = float(ent.model.score_one(x)) if warm else 0.0
         scores = ent.scores
-        grade = (sum(1 for s in scores if s < score) / len(scores)) if (warm and scores) else 0.0
+        grade = (sum(map(score.__gt__, scores)) / len(scores)) if (warm and scores) else 0.0  # share below
         # distance from baseline: sum of squared z against the chi-square tail (a window must be
         # improbable as a whole, not only rank high among recent scores); imputed features carry
         # no evidence, so they count in neither the sum nor the degrees of freedom
-        d2 = sum(v * v for v in z.values())
         dof = len(z) - len(imp)
         multi = (warm and grade >= thr.grade and score >= thr.score_floor
                  and d2 >= _chi2_isf(thr.distance_p, dof))
@@ -552,14 +563,17 @@ class Detector:
 
     def _update_baseline(self, ent: _Entity, feats: dict[str, float]) -> None:
         a = self.alpha if ent.n_normal >= self.spec.warmup_windows else 1.0 / (ent.n_normal + 1)
+        mean, var = ent.mean, ent.var
+        b = 1.0 - a
         for k, v in feats.items():
-            m = ent.mean.get(k)
+            m = mean.get(k)
             if m is None:
-                ent.mean[k], ent.var[k] = v, 0.0
+                mean[k] = v
+                var[k] = 0.0
                 continue
             d = v - m
-            ent.mean[k] = m + a * d
-            ent.var[k] = (1 - a) * (ent.var[k] + a * d * d)
+            mean[k] = m + a * d
+            var[k] = b * (var[k] + a * d * d)
         ent.n_normal += 1
 
     def _drift(self, ent: _Entity, w: ClosedWindow, feats: dict[str, float], info: dict | None = None) -> dict | None:
