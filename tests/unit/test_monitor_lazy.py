@@ -200,3 +200,13 @@ def test_ttl_in_lazy_mode_deletes_expired_models_and_marks_shrunk_ones_dirty():
     assert set(log.table) == {b"a"} and proc.dirty == {"a"}  # b deleted at once; a written at the commit
     proc.flush()
     assert list(Monitors([SPEC]).models) == [] and _unpack(log.table[b"a"])[0]["_lane"] == 3
+
+
+def test_the_worker_registers_the_flush_before_commits_only_under_at_least_once(tmp_path):
+    from stream.worker import build_app
+
+    app = build_app(Settings(app_id="lazy-wiring", state_dir=str(tmp_path)))
+    proc = app.monitor_processor
+    assert proc.lazy and proc.flush in app.before_commit
+    eos = build_app(Settings(app_id="eos-wiring", state_dir=str(tmp_path), processing_guarantee="exactly_once"))
+    assert not eos.monitor_processor.lazy and eos.before_commit == []
