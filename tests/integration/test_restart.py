@@ -135,21 +135,26 @@ def test_clean_restart_mid_stream_gives_the_same_alerts(reference, stream_env, t
     print(f"restart + catch-up took {time.monotonic() - t:.1f}s")
 
 
-def test_sigkill_mid_stream_loses_no_alert(reference, stream_env, tmp_path):
-    env = stream_env
+def _sigkill_mid_stream_and_restart(env: StreamEnv, tmp_path, *, settle: float, timeout: float) -> float:
+    """Produce the stream, SIGKILL the worker `settle` seconds after its tables are up (partway
+    through), start another; returns the seconds from the restart until the group caught up."""
     w = env.start_worker("w1")
     _produce(env, tmp_path / "all.jsonl", _lines())
-    # kill it hard once it is partway through the stream
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "entity-state" not in env.worker_log("w1"):
         time.sleep(0.5)
-    time.sleep(4)
+    time.sleep(settle)
     w.send_signal(signal.SIGKILL)
     w.wait(30)
     t = time.monotonic()
     env.start_worker("w2")
-    _caught_up(env, 180)
-    recovery = time.monotonic() - t
+    _caught_up(env, timeout)
+    return time.monotonic() - t
+
+
+def test_sigkill_mid_stream_loses_no_alert(reference, stream_env, tmp_path):
+    env = stream_env
+    recovery = _sigkill_mid_stream_and_restart(env, tmp_path, settle=4, timeout=180)
     got = _alerts(env)
     assert _key(got) == _key(reference), (sorted(_key(got) ^ _key(reference)))
     print(f"SIGKILL recovery to caught-up: {recovery:.1f}s; alerts {len(got)} (distinct {len(_key(got))})")
@@ -162,18 +167,7 @@ def test_exactly_once_sigkill_read_committed_consumer_sees_each_alert_once(refer
     env = StreamEnv(kafka_bootstrap, tmp_path, STREAM_PROCESSING_GUARANTEE="exactly_once")
     env.cli("topics", "apply")
     try:
-        w = env.start_worker("w1")
-        _produce(env, tmp_path / "all.jsonl", _lines())
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "entity-state" not in env.worker_log("w1"):
-            time.sleep(0.5)
-        time.sleep(6)
-        w.send_signal(signal.SIGKILL)
-        w.wait(30)
-        t = time.monotonic()
-        env.start_worker("w2")
-        _caught_up(env, 240)
-        recovery = time.monotonic() - t
+        recovery = _sigkill_mid_stream_and_restart(env, tmp_path, settle=6, timeout=240)
         got = env.consume(env.env["STREAM_TOPIC_ALERTS"], until=lambda r: False, timeout=8,
                           isolation_level="read_committed")
         raw = env.consume(env.env["STREAM_TOPIC_ALERTS"], until=lambda r: False, timeout=8,
