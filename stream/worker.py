@@ -366,7 +366,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 idle_after = s.idle_close_seconds
                 quiet, closed = det.advance_lane(
                     now_evt - 10 * det.spec.window - det.spec.allowed_lateness, lane,
-                    may_close=lambda e: wall - last_wall.get(e, 0.0) >= idle_after)
+                    may_close=lambda e: wall - last_wall.get(e, 0.0) >= idle_after,
+                    # silence (missing_data) is judged one window behind the lane, not ten: the
+                    # wall-clock veto above already keeps entities that still send out of it
+                    silence_watermark=now_evt - det.spec.window - det.spec.allowed_lateness)
                 await publish(quiet)
                 for other in closed:
                     if other in det.entities:

@@ -297,8 +297,13 @@ class Detector:
         """Close the lane's windows up to a watermark (entities gone quiet); returns their alerts."""
         return self.advance_lane(watermark, lane)[0]
 
-    def advance_lane(self, watermark: float, lane: int = 0, may_close=None) -> tuple[list[dict], set[str]]:
+    def advance_lane(self, watermark: float, lane: int = 0, may_close=None,
+                     silence_watermark: float | None = None) -> tuple[list[dict], set[str]]:
         """Like :meth:`advance`, also returning the entities whose state changed.
+
+        ``silence_watermark`` (default: ``watermark``) is the event time the silence check runs
+        at: the worker closes quiet windows well behind its lane's event time, for safety, but a
+        silent exporter should be reported soon after ``missing_after_windows``.
 
         ``may_close(entity_id)`` can veto closing an entity's windows (the worker vetoes entities
         that are still receiving samples, whatever the lane's event time says); it vetoes the
@@ -311,6 +316,8 @@ class Detector:
         alerts += self._emit(closed)
         changed = {w.entity for w in closed}
         if self.spec.missing_after_windows > 0:
+            if silence_watermark is not None and silence_watermark > watermark:
+                watermark = silence_watermark
             heap = self._silence.get(lane)
             retry = []
             while heap and heap[0][0] <= watermark:

@@ -340,3 +340,28 @@ def test_offline_empty_cells_are_imputed_for_short_runs_only():
     imputed = [sc.step({"a": rng.gauss(0, 1)})["verdict"]["imputed"] for _ in range(4)]
     assert imputed == [["b:mean"], ["b:mean"], [], []]  # impute_max_windows = 2 rows
     assert not sc.step({"a": rng.gauss(0, 1), "b": rng.gauss(5, 1)})["alert"]  # b's return is no anomaly
+
+
+def test_silence_watermark_reports_a_silent_entity_before_its_windows_are_closed():
+    """The worker closes quiet windows ten windows behind its lane but checks silence one behind:
+    with silence_watermark the missing_data alert does not wait for the closing watermark."""
+    det = Detector(_spec(missing_after_windows=5))
+    rng = random.Random(6)
+    for w in range(30):
+        _feed(det, rng, w)
+    # lane event time at window 37: closing runs at 27 (nothing silent there), silence at 36
+    alerts, _ = det.advance_lane(27 * W, 0, silence_watermark=36 * W)
+    (f,) = [a for a in alerts if a["kind"] == "missing_data"]
+    assert f["status"] == "firing" and f["missing"]["silent_windows"] == 6
+    # the same without silence_watermark: nothing yet
+    det2 = Detector(_spec(missing_after_windows=5))
+    rng = random.Random(6)
+    for w in range(30):
+        _feed(det2, rng, w)
+    assert [a for a in det2.advance_lane(27 * W, 0)[0] if a["kind"] == "missing_data"] == []
+    # a veto still holds it back (the worker vetoes entities that received samples recently)
+    det3 = Detector(_spec(missing_after_windows=5))
+    rng = random.Random(6)
+    for w in range(30):
+        _feed(det3, rng, w)
+    assert det3.advance_lane(27 * W, 0, may_close=lambda e: False, silence_watermark=36 * W)[0] == []
