@@ -31,6 +31,13 @@ When the state is written depends on the processing guarantee:
   ``SNAPSHOT_EVERY - 1`` messages of a model between its last snapshot and the committed offset
   are then not in the recovered state (a known gap of that mode).
 
+A version's frozen baseline (most of its state: 430 kB of 710 kB with 50 numeric features) never
+changes, so it is stored once, apart, under its own key (``BASELINE_PREFIX``, the model, the
+baseline's content digest) on the model's partition, written before the first state that names
+it and deleted after the first state that no longer does; the model's record names its baselines
+(``_refs``) and a snapshot serializes only what changes. A record of an earlier build (baselines
+inside) is still read.
+
 Idle models are forgotten (``STREAM_MODEL_TTL_SECONDS``): a model version that has sent nothing for
 that long in event time (the partition's newest event) is dropped from memory and from the stored
 state, and a model left without versions loses its table key.
@@ -73,6 +80,14 @@ def _unpack(blob: bytes) -> tuple[dict, bytes]:
     return orjson.loads(blob[4:4 + n]), blob[4 + n:]
 
 
+#: table keys of frozen baselines stored apart start with this (never a model name's first byte)
+BASELINE_PREFIX = b"\x00baseline\x00"
+
+
+def _baseline_key(model: str, digest: str) -> bytes:
+    return BASELINE_PREFIX + model.encode() + b"\x00" + digest.encode()
+
+
 class MonitorProcessor:
     """What the ``monitor`` agent does with one message, minus the sending.
 
@@ -95,6 +110,9 @@ class MonitorProcessor:
         self.lazy = lazy
         self.write = write or self._write_table
         self.dirty: set[str] = set()  # lazy: models changed since they were last written
+        # model -> {digest: bytes} of the frozen baselines stored apart under _baseline_key (a
+        # baseline never changes once frozen: written once, not with every snapshot)
+        self.stored_refs: dict[str, dict[str, int]] = {}
         self.offsets: dict[str, dict] = {}  # model -> {"topic/partition": last offset reflected}
         self.since: dict[str, int] = {}  # model -> messages since its last snapshot
         self.sizes: dict[str, int] = {}  # model -> bytes of its last snapshot
@@ -106,8 +124,11 @@ class MonitorProcessor:
         self.counters = {t: (m.EVENTS.labels(t, "processed"), m.EVENTS.labels(t, "deadlettered"))
                          for t in (s.topic_inferences, s.topic_feedback)}
 
-    def _write_table(self, key: bytes, partition: int | None, blob: bytes) -> None:
-        self.table[key] = blob
+    def _write_table(self, key: bytes, partition: int | None, blob: bytes | None) -> None:
+        if blob is None:
+            self.table.pop(key, None)
+        else:
+            self.table[key] = blob
 
     def recover(self, model: str, partition: int | None = None) -> None:
         if model in self.mons.models:
@@ -117,8 +138,10 @@ class MonitorProcessor:
             return
         try:
             offs, state = _unpack(blob)
-            self.mons.import_state(model, state)
+            self.mons.import_state(model, state,
+                                   frozen_lookup=lambda d: self.table.get(_baseline_key(model, d)))
             self.offsets[model] = {k: v for k, v in offs.items() if not k.startswith("_")}
+            self.stored_refs[model] = dict(offs.get("_refs") or {})
         except Exception as exc:  # noqa: BLE001 - a state this build cannot read starts afresh
             log.warning("model %s: cannot restore its monitor state (%s); starting afresh", model, exc)
             return
@@ -136,9 +159,25 @@ class MonitorProcessor:
         head["_now"] = max([mm.now, *(max(vm.last_ts, vm.last_pair_ts) for vm in mm.versions.values())])
         if not math.isfinite(head["_now"]):
             head["_now"] = None
-        blob = _pack(head, self.mons.export_state(model))
-        self.write(model.encode(), self.lane_of.get(model), blob)
-        self.sizes[model] = len(blob)
+        lane = self.lane_of.get(model)
+        # frozen baselines: stored once each, apart, before the state that names them
+        parts = mm.frozen_parts()
+        old = self.stored_refs.get(model, {})
+        refs = {}
+        for digest, fz in parts.items():
+            if digest in old:
+                refs[digest] = old[digest]
+            else:
+                raw = fz.to_bytes()
+                self.write(_baseline_key(model, digest), lane, raw)
+                refs[digest] = len(raw)
+        head["_refs"] = refs
+        blob = _pack(head, self.mons.export_state(model, frozen_apart=True))
+        self.write(model.encode(), lane, blob)
+        for digest in old.keys() - refs.keys():  # baselines of versions gone since: after the state
+            self.write(_baseline_key(model, digest), lane, None)
+        self.stored_refs[model] = refs
+        self.sizes[model] = len(blob) + sum(refs.values())
         m.STATE_BYTES.labels("models").set(sum(self.sizes.values()))
         spec = self.mons.models[model].spec.name
         m.ENTITIES.labels(spec).set(sum(len(mm.versions) for mm in self.mons.models.values()
@@ -147,10 +186,12 @@ class MonitorProcessor:
     def forget(self, model: str) -> None:
         """Drop everything kept for a model that expired (its table key included)."""
         self.table.pop(model.encode(), None)
+        for digest in self.stored_refs.get(model, {}):
+            self.table.pop(_baseline_key(model, digest), None)
         self._drop(model)
 
     def _drop(self, model: str) -> None:
-        for d in (self.offsets, self.since, self.sizes, self.lane_of):
+        for d in (self.offsets, self.since, self.sizes, self.lane_of, self.stored_refs):
             d.pop(model, None)
         self.dirty.discard(model)
         m.STATE_BYTES.labels("models").set(sum(self.sizes.values()))
@@ -211,6 +252,8 @@ class MonitorProcessor:
         since a restart) and whose newest event is older than ``horizon``."""
         gone = []
         for key in list(self.table.keys()):
+            if isinstance(key, bytes) and key.startswith(BASELINE_PREFIX):
+                continue
             model = key.decode() if isinstance(key, bytes) else str(key)
             if model in self.mons.models:
                 continue
@@ -223,6 +266,7 @@ class MonitorProcessor:
                 continue
             last = head.get("_now")
             if head.get("_lane") == partition and last is not None and last < horizon:
+                self.stored_refs[model] = dict(head.get("_refs") or {})
                 self.forget(model)
                 gone.append(model)
         return gone
@@ -308,10 +352,13 @@ def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic:
     before_commit = getattr(app, "before_commit", None)
     lazy = before_commit is not None and s.processing_guarantee != "exactly_once"
 
-    def write_changelog(key: bytes, partition: int | None, blob: bytes) -> None:
+    def write_changelog(key: bytes, partition: int | None, blob: bytes | None) -> None:
         # outside an event Faust cannot pick the changelog partition: it is the model's partition
-        # of the input topics, co-partitioned with the table
-        table.data[key] = blob
+        # of the input topics, co-partitioned with the table; None deletes (a tombstone)
+        if blob is None:
+            table.data.pop(key, None)
+        else:
+            table.data[key] = blob
         table.send_changelog(partition, key, blob)
 
     proc = MonitorProcessor(s, mons, table, lazy=lazy, write=write_changelog if lazy else None)

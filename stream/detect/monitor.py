@@ -30,6 +30,7 @@ serialises to versioned bytes.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import struct
@@ -147,7 +148,7 @@ def _parse_cell(v: str) -> Any:
 class _Frozen:
     """What a version's baseline phase produces: input and prediction baselines, and the contract."""
 
-    __slots__ = ("inputs", "preds", "contract", "n", "origin", "_bytes")
+    __slots__ = ("inputs", "preds", "contract", "n", "origin", "_bytes", "_digest")
 
     def __init__(self, inputs: Baseline, preds: Baseline | None, contract: dict, n: int, origin: str):
         self.inputs = inputs
@@ -156,6 +157,7 @@ class _Frozen:
         self.n = n
         self.origin = origin
         self._bytes: bytes | None = None  # frozen: serialised once, reused by every snapshot
+        self._digest: str | None = None
 
     @classmethod
     def fit(cls, rows: list[dict], spec: MonitorSpec, origin: str) -> "_Frozen":
@@ -206,6 +208,13 @@ class _Frozen:
             self._bytes = struct.pack("<III", len(head), len(a), len(b)) + head + a + b
         return self._bytes
 
+    @property
+    def digest(self) -> str:
+        """Content hash of :meth:`to_bytes`: names the baseline when it is stored apart."""
+        if self._digest is None:
+            self._digest = hashlib.blake2b(self.to_bytes(), digest_size=12).hexdigest()
+        return self._digest
+
     @classmethod
     def from_bytes(cls, data: bytes) -> "_Frozen":
         h, la, lb = struct.unpack_from("<III", data, 0)
@@ -213,7 +222,9 @@ class _Frozen:
         head = orjson.loads(data[o:o + h]); o += h
         inputs = Baseline.from_bytes(data[o:o + la]); o += la
         preds = Baseline.from_bytes(data[o:o + lb]) if lb else None
-        return cls(inputs, preds, head["contract"], head["n"], head["origin"])
+        fz = cls(inputs, preds, head["contract"], head["n"], head["origin"])
+        fz._bytes = bytes(data)  # the same bytes, so the same digest
+        return fz
 
 
 # =============================================================================== per version
@@ -618,7 +629,10 @@ class VersionMonitor:
         return a
 
     # ------------------------------------------------------------------ state
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, frozen_apart: bool = False) -> bytes:
+        """Serialised state; ``frozen_apart``: the frozen baseline is left out and named by its
+        digest (``head["frozen_ref"]``), for a caller that stores it once, apart."""
+        apart = frozen_apart and self.frozen is not None
         head = {
             "model": self.model, "version": self.version, "labels": self.labels, "rows": self.rows,
             "pending": [[dict(r[0]), r[1], r[2], r[3], r[4], r[5]] for r in self.pending],
@@ -631,8 +645,10 @@ class VersionMonitor:
             "task": self.task, "skipped_pairs": self.skipped_pairs,
             "last_pair_ts": None if self.last_pair_ts == -math.inf else self.last_pair_ts,
         }
+        if apart:
+            head["frozen_ref"] = self.frozen.digest
         blobs = [orjson.dumps(head),
-                 self.frozen.to_bytes() if self.frozen else b"",
+                 self.frozen.to_bytes() if (self.frozen and not apart) else b"",
                  self.window.to_bytes() if self.window is not None else b"",
                  self.pwindow.to_bytes() if self.pwindow is not None else b"",
                  pickle.dumps(self.adwin, protocol=5) if self.adwin is not None else b""]
@@ -640,7 +656,8 @@ class VersionMonitor:
 
     @classmethod
     def from_bytes(cls, data: bytes, spec: MonitorSpec, *, source_topic: str = "inferences",
-                   feedback_topic: str = "feedback") -> "VersionMonitor":
+                   feedback_topic: str = "feedback", frozen_lookup=None) -> "VersionMonitor":
+        """``frozen_lookup(digest) -> _Frozen``: for a state whose baseline is stored apart."""
         if not data or data[0] != STATE_VERSION:
             raise ValueError(f"unsupported model-monitor state version {data[:1]!r} (this build reads {STATE_VERSION})")
         lens = struct.unpack_from("<5I", data, 1)
@@ -652,8 +669,15 @@ class VersionMonitor:
         head = orjson.loads(parts[0])
         vm = cls(spec, head["model"], head["version"], source_topic=source_topic, feedback_topic=feedback_topic,
                  labels=head["labels"])
-        if parts[1]:
-            vm.frozen = _Frozen.from_bytes(parts[1])
+        ref = head.get("frozen_ref")
+        if parts[1] or ref:
+            if ref:
+                if frozen_lookup is None:
+                    raise ValueError(f"state of {head['model']}@{head['version']} names its baseline {ref}: "
+                                     f"no lookup given")
+                vm.frozen = frozen_lookup(ref)
+            else:
+                vm.frozen = _Frozen.from_bytes(parts[1])
             vm._field_table()
             vm.window = SlidingWindow.from_bytes(parts[2], vm.frozen.inputs, ks_cells=False)
             vm.pwindow = SlidingWindow.from_bytes(parts[3], vm.frozen.preds, ks_cells=False) if parts[3] else None
@@ -851,7 +875,11 @@ class ModelMonitor:
         """Feedback without its inference: still waiting plus expired."""
         return len(self.pending_fb) + self.stats["feedback_expired_unmatched"]
 
-    def to_bytes(self) -> bytes:
+    def frozen_parts(self) -> dict[str, _Frozen]:
+        """digest -> frozen baseline, of the versions that have one."""
+        return {vm.frozen.digest: vm.frozen for vm in self.versions.values() if vm.frozen is not None}
+
+    def to_bytes(self, frozen_apart: bool = False) -> bytes:
         head = orjson.dumps({
             "model": self.model, "now": None if self.now == -math.inf else self.now, "stats": dict(self.stats),
             # columnar (request ids, then entries): serialised at C speed, the stores can be large
@@ -859,13 +887,14 @@ class ModelMonitor:
             "pending_fb": {"ids": list(self.pending_fb), "entries": list(self.pending_fb.values())},
             "versions": list(self.versions),
         })
-        blobs = [vm.to_bytes() for vm in self.versions.values()]
+        blobs = [vm.to_bytes(frozen_apart) for vm in self.versions.values()]
         return (bytes([STATE_VERSION]) + struct.pack("<I", len(head)) + head
                 + b"".join(struct.pack("<I", len(b)) + b for b in blobs))
 
     @classmethod
     def from_bytes(cls, data: bytes, spec: MonitorSpec, *, source_topic: str = "inferences",
-                   feedback_topic: str = "feedback", reference: _Frozen | None = None) -> "ModelMonitor":
+                   feedback_topic: str = "feedback", reference: _Frozen | None = None,
+                   frozen_lookup=None) -> "ModelMonitor":
         if not data or data[0] != STATE_VERSION:
             raise ValueError(f"unsupported model-monitor state version {data[:1]!r} (this build reads {STATE_VERSION})")
         (n,) = struct.unpack_from("<I", data, 1)
@@ -880,7 +909,7 @@ class ModelMonitor:
             (m,) = struct.unpack_from("<I", data, o)
             o += 4
             mm.versions[v] = VersionMonitor.from_bytes(data[o:o + m], spec, source_topic=source_topic,
-                                                       feedback_topic=feedback_topic)
+                                                       feedback_topic=feedback_topic, frozen_lookup=frozen_lookup)
             o += m
         return mm
 
@@ -970,13 +999,34 @@ class Monitors:
                 changed.append(name)
         return dropped, changed
 
-    def export_state(self, name: str) -> bytes:
-        return self.models[name].to_bytes()
+    def export_state(self, name: str, frozen_apart: bool = False) -> bytes:
+        """A model's state; ``frozen_apart``: without its frozen baselines, named by digest
+        (:meth:`frozen_parts` gives them; :meth:`import_state` then needs ``frozen_lookup``)."""
+        return self.models[name].to_bytes(frozen_apart)
 
-    def import_state(self, name: str, data: bytes) -> None:
+    def frozen_parts(self, name: str) -> dict[str, bytes]:
+        """digest -> serialised frozen baseline, of a model's versions (immutable: stored once)."""
+        return {d: f.to_bytes() for d, f in self.models[name].frozen_parts().items()}
+
+    def import_state(self, name: str, data: bytes, frozen_lookup=None) -> None:
+        """``frozen_lookup(digest) -> bytes``: where a state exported with ``frozen_apart`` finds
+        its baselines (a reference-file baseline of the spec is found without it)."""
         spec = spec_for(self.specs, name)
         if spec is None:
             return
+        ref = self._refs.get(spec.name)
+        cache: dict[str, _Frozen] = {}
+
+        def lookup(digest: str) -> _Frozen:
+            if ref is not None and ref.digest == digest:
+                return ref  # shared, as in memory
+            if digest not in cache:
+                raw = frozen_lookup(digest) if frozen_lookup is not None else None
+                if raw is None:
+                    raise ValueError(f"model {name}: its stored baseline {digest} is missing")
+                cache[digest] = _Frozen.from_bytes(raw)
+            return cache[digest]
+
         self.models[name] = ModelMonitor.from_bytes(data, spec, source_topic=self.source_topic,
                                                     feedback_topic=self.feedback_topic,
-                                                    reference=self._refs.get(spec.name))
+                                                    reference=ref, frozen_lookup=lookup)

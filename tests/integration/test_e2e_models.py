@@ -300,8 +300,15 @@ def _stored_request_ids(env) -> dict[str, set[str]]:
                 del ends[msg.partition()]
     finally:
         c.close()
-    return {k.decode(): set(ModelMonitor.from_bytes(_unpack(v)[1], DEFAULT_MONITOR).pending_inf)
-            for k, v in last.items()}
+    from stream.detect.monitor import _Frozen
+    from stream.models_worker import BASELINE_PREFIX, _baseline_key
+
+    def state(model: str, blob: bytes) -> ModelMonitor:
+        return ModelMonitor.from_bytes(_unpack(blob)[1], DEFAULT_MONITOR, frozen_lookup=lambda d: _Frozen.from_bytes(
+            last[_baseline_key(model, d)]))
+
+    return {k.decode(): set(state(k.decode(), v).pending_inf) for k, v in last.items()
+            if not k.startswith(BASELINE_PREFIX)}
 
 
 def _xfail_if_the_consumer_dropped(env, produced: dict[str, int], resumed_at: dict[str, int]) -> None:

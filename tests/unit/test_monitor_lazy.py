@@ -13,7 +13,7 @@ import orjson
 
 from stream.detect.monitor import Monitors
 from stream.detect.monitor_spec import MonitorSpec
-from stream.models_worker import SNAPSHOT_EVERY, MonitorProcessor, _unpack
+from stream.models_worker import BASELINE_PREFIX, SNAPSHOT_EVERY, MonitorProcessor, _baseline_key, _pack, _unpack
 from stream.settings import Settings
 
 T0 = 1_700_000_000.0
@@ -61,8 +61,15 @@ class Changelog:
         self.writes: list[tuple[bytes, int | None]] = []
 
     def write(self, key, partition, blob):
-        self.table[key] = blob
+        if blob is None:
+            self.table.pop(key, None)
+        else:
+            self.table[key] = blob
         self.writes.append((key, partition))
+
+    def model_writes(self):
+        """Writes of model states (not of baselines stored apart)."""
+        return [w for w in self.writes if not w[0].startswith(BASELINE_PREFIX)]
 
 
 def _proc(log: Changelog) -> MonitorProcessor:
@@ -92,17 +99,18 @@ def test_processing_writes_nothing_and_a_flush_writes_each_dirty_model_once_on_i
     assert log.table == {} and log.writes == []  # no snapshot per N messages any more
     assert proc.dirty == {"drift", "pred", "calm"}
     assert proc.flush() == 3
-    assert sorted(log.writes) == [(b"calm", 0), (b"drift", 0), (b"pred", 1)]
-    assert proc.flush() == 0 and len(log.writes) == 3  # nothing changed since
+    assert sorted(log.model_writes()) == [(b"calm", 0), (b"drift", 0), (b"pred", 1)]
+    n = len(log.writes)
+    assert proc.flush() == 0 and len(log.writes) == n  # nothing changed since
     # the stored blob holds the offsets it reflects
     head, state = _unpack(log.table[b"calm"])
     last = {f"{t}/{p}": o for t, p, o, k, _ in msgs if k == b"calm"}
     assert {k: v for k, v in head.items() if not k.startswith("_")} == last
-    assert state == _state(proc, "calm")
+    assert state == proc.mons.export_state("calm", frozen_apart=True)
     # one more message of one model: only that model is written at the next commit
     t, p, o, k, v = [m for m in _stream(301) if m[3] == b"pred"][-1]
     proc.process(t, p, o, k, v)
-    assert proc.flush() == 1 and log.writes[-1] == (b"pred", 1)
+    assert proc.flush() == 1 and log.writes[-1] == (b"pred", 1) and len(log.writes) == n + 1
     assert proc.flush(lanes={0}) == 0
 
 
@@ -110,7 +118,7 @@ def test_flush_of_some_partitions_leaves_the_others_dirty():
     log = Changelog()
     proc = _proc(log)
     _run(proc, _stream(50))
-    assert proc.flush(lanes={1}) == 1 and log.writes == [(b"pred", 1)]
+    assert proc.flush(lanes={1}) == 1 and log.model_writes() == [(b"pred", 1)]
     assert proc.dirty == {"drift", "calm"}
 
 
@@ -154,7 +162,7 @@ def test_revoked_partitions_are_written_then_unloaded_and_reloaded_if_they_come_
     alerts = _run(proc, msgs[:half])
     gone = proc.revoke({0})
     assert sorted(gone) == ["calm", "drift"] and set(proc.mons.models) == {"pred"}
-    assert sorted(log.writes) == [(b"calm", 0), (b"drift", 0)]
+    assert sorted(log.model_writes()) == [(b"calm", 0), (b"drift", 0)]
     assert proc.dirty == {"pred"} and "drift" not in proc.offsets and "drift" not in proc.lane_of
     # partition 0 comes back (to this worker): its models are reloaded from the table
     alerts += _run(proc, msgs[half:])
@@ -210,3 +218,54 @@ def test_the_worker_registers_the_flush_before_commits_only_under_at_least_once(
     assert proc.lazy and proc.flush in app.before_commit
     eos = build_app(Settings(app_id="eos-wiring", state_dir=str(tmp_path), processing_guarantee="exactly_once"))
     assert not eos.monitor_processor.lazy and eos.before_commit == []
+
+
+def test_frozen_baselines_are_stored_once_apart_and_deleted_with_their_version():
+    log = Changelog()
+    proc = _proc(log)
+    msgs = [m for m in _stream(400) if m[3] == b"drift"]
+    _run(proc, msgs[:300])  # baseline (200) frozen
+    proc.flush()
+    keys = [k for k, _ in log.writes if k.startswith(BASELINE_PREFIX)]
+    digest = proc.mons.models["drift"].versions["1"].frozen.digest
+    assert keys == [_baseline_key("drift", digest)]
+    blob = log.table[b"drift"]
+    full = proc.mons.export_state("drift")
+    assert len(blob) < len(full) - len(log.table[keys[0]]) // 2  # the state without its baseline
+    assert _unpack(blob)[0]["_refs"] == {digest: len(log.table[keys[0]])}
+    _run(proc, msgs[300:])
+    proc.flush()
+    assert [k for k, _ in log.writes if k.startswith(BASELINE_PREFIX)] == keys  # not written again
+    # recovered from the two keys: the same state as in memory
+    again = _proc(Changelog())
+    again.table.update(log.table)
+    again.recover("drift", 0)
+    assert again.mons.export_state("drift") == proc.mons.export_state("drift")
+    # a new version; the old one expires: its baseline key goes after the state that no longer names it
+    s = Settings(model_ttl_seconds=50.0)
+    proc.s, proc.ttl, proc.ttl_check_every = s, 50.0, 5.0
+    t = 1_700_000_000.0 + 10_000
+    for i in range(250):
+        proc.process("inferences", 0, 10_000 + i, b"drift", orjson.dumps(
+            {"model": "drift", "version": "2", "request_id": f"v2-{i}", "ts": t + i,
+             "features": {"a": float(i % 5), "b": "x"}, "prediction": 1}))
+    proc.flush()
+    assert list(proc.mons.models["drift"].versions) == ["2"]
+    assert keys[0] not in log.table and log.writes[-1] == (keys[0], 0)
+    assert [k for k in log.table if k.startswith(BASELINE_PREFIX)] == \
+        [_baseline_key("drift", proc.mons.models["drift"].versions["2"].frozen.digest)]
+
+
+def test_a_state_stored_whole_by_an_earlier_build_is_still_recovered():
+    ref = _proc(Changelog())
+    msgs = [m for m in _stream(300) if m[3] == b"drift"]
+    _run(ref, msgs)
+    table = {b"drift": _pack({f"inferences/0": msgs[-1][2]}, ref.mons.export_state("drift"))}
+    log = Changelog()
+    log.table.update(table)
+    proc = _proc(log)
+    proc.recover("drift", 0)
+    assert proc.mons.export_state("drift") == ref.mons.export_state("drift")
+    proc.dirty.add("drift")
+    proc.flush()  # rewritten with its baseline apart
+    assert len([k for k in log.table if k.startswith(BASELINE_PREFIX)]) == 1

@@ -6,7 +6,7 @@ import orjson
 from stream.detect.monitor import Monitors
 from stream.detect.monitor_spec import MonitorSpec
 from stream.inference_events import Feedback, Inference
-from stream.models_worker import SNAPSHOT_EVERY, MonitorProcessor, _unpack
+from stream.models_worker import BASELINE_PREFIX, SNAPSHOT_EVERY, MonitorProcessor, _unpack
 from stream.settings import Settings
 
 T0 = 1_700_000_000.0
@@ -53,6 +53,16 @@ def test_a_forgotten_model_starts_again_from_a_new_baseline():
     assert not vm.ready and vm.seen == 1
 
 
+def _models(table) -> set:
+    """Model keys of the state table (baselines stored apart have their own keys)."""
+    return {k for k in table if not k.startswith(BASELINE_PREFIX)}
+
+
+def _baselines(table) -> set:
+    """Models whose frozen baselines are stored apart."""
+    return {k[len(BASELINE_PREFIX):].split(b"\x00")[0] for k in table if k.startswith(BASELINE_PREFIX)}
+
+
 def _msg(model, version, i, ts):
     return orjson.dumps({"model": model, "version": version, "request_id": f"{model}{version}{i}", "ts": ts,
                          "features": {"x": float(i % 7)}, "prediction": 1.0})
@@ -68,15 +78,15 @@ def test_processor_deletes_the_table_key_of_an_idle_model_and_rewrites_a_shrunk_
         for model, version in (("a", "v1"), ("a", "v2"), ("b", "v1")):
             proc.process("inferences", 3, off, model.encode(), _msg(model, version, i, T0 + i))
             off += 1
-    assert set(table) == {b"a", b"b"}
+    assert _models(table) == {b"a", b"b"} == _baselines(table)
     # later on partition 3, only a@v2 keeps sending
     for i in range(5):
         proc.process("inferences", 3, off, b"a", _msg("a", "v2", 1000 + i, T0 + 2000 + i))
         off += 1
-    assert set(table) == {b"a"} and set(mons.models) == {"a"}
+    assert _models(table) == {b"a"} == _baselines(table) and set(mons.models) == {"a"}
     assert "b" not in proc.offsets and "b" not in proc.sizes
     restored = Monitors([SPEC])
-    restored.import_state("a", _unpack(table[b"a"])[1])
+    restored.import_state("a", _unpack(table[b"a"])[1], frozen_lookup=lambda d: table[b"\x00baseline\x00a\x00" + d.encode()])
     assert list(restored.models["a"].versions) == ["v2"]
     # another partition's clock does not expire partition 3's models
     proc.process("inferences", 5, 0, b"z", _msg("z", "v1", 0, T0 + 99_999))
@@ -97,15 +107,15 @@ def test_models_not_seen_since_a_restart_are_swept_from_the_table():
         for model, part in (("old", 2), ("other-lane", 4)):
             before.process("inferences", part, off, model.encode(), _msg(model, "v1", i, T0 + i))
             off += 1
-    assert set(table) == {b"old", b"other-lane"}
+    assert _models(table) == {b"old", b"other-lane"} == _baselines(table)
     head = _unpack(table[b"old"])[0]
     assert head["_lane"] == 2 and head["_now"] == T0 + SNAPSHOT_EVERY - 1
     # a restart: a new processor over the same table; neither model sends again
     after = MonitorProcessor(s, Monitors([SPEC]), table)
     after.process("inferences", 2, off, b"new", _msg("new", "v1", 0, T0 + 300))  # within the TTL
-    assert set(table) == {b"old", b"other-lane"}
+    assert _models(table) == {b"old", b"other-lane"}
     after.process("inferences", 2, off + 1, b"new", _msg("new", "v1", 1, T0 + 5000))
-    assert set(table) == {b"other-lane"}  # partition 4's clock has not moved
+    assert _models(table) == {b"other-lane"} == _baselines(table)  # partition 4's clock has not moved
     # a model recovered from the table keeps its offsets without the sweep's fields
     after.recover("other-lane")
     assert all(not k.startswith("_") for k in after.offsets["other-lane"])
