@@ -21,6 +21,8 @@ ENTITIES = Gauge("stream_entities_active", "Entities with state in this worker",
 STATE_BYTES = Gauge("stream_state_bytes", "Serialized state bytes last written, summed over entities",
                     ["detector"], registry=REGISTRY)
 REBALANCES = Counter("stream_rebalances", "Consumer group rebalances seen by this worker", registry=REGISTRY)
+REREADS = Counter("stream_input_rereads", "Holes in a partition's offsets the consumer skipped, read again "
+                  "(stream.gaps)", ["topic"], registry=REGISTRY)
 BUILD = Info("stream_build", "Build information", registry=REGISTRY)
 BUILD.info({"version": __version__})
 # consumer lag of the worker's input partitions (set by stream.lag.LagMonitor in a background thread)

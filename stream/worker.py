@@ -30,6 +30,7 @@ from stream import metrics as m
 from stream.detect.engine import Detector
 from stream.detect.spec import load_specs
 from stream.events import decode_metrics, deadletter_record
+from stream.gaps import GapGuard
 from stream.routing import Router, decode_payload
 from stream.settings import Settings, SettingsError, get_settings
 
@@ -170,9 +171,24 @@ def build_app(settings: Settings | None = None) -> faust.App:
         return web.json({"ready": ready, "partitions": len(assigned), "tables_recovered": recovered},
                         status=200 if ready else 503)
 
+    # records Faust skipped around a rebalance are read again (stream.gaps); not under exactly_once,
+    # where transaction markers leave a hole after every transaction of the internal topic
+    guard = GapGuard() if s.processing_guarantee != "exactly_once" else None
+
+    async def reread_skipped(event) -> None:
+        msg = event.message
+        back = guard.observe(msg.tp, msg.offset)
+        if back is not None:
+            log.warning("offsets %d..%d of %s/%d were not delivered (Faust skipped them); reading them again",
+                        back, msg.offset - 1, msg.topic, msg.partition)
+            m.REREADS.labels(msg.topic).inc()
+            await app.consumer.seek(msg.tp, back)
+
     @app.on_rebalance_complete.connect
     async def on_rebalance(sender, **kwargs):
         m.REBALANCES.inc()
+        if guard is not None:  # Faust seeks to committed offsets now: offsets go back legitimately
+            guard.reset()
 
     @app.task
     async def consumer_lag() -> None:
@@ -197,6 +213,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
     async def ingest(stream):
         async for event in stream.events():
             t0 = time.perf_counter()
+            if guard is not None:
+                await reread_skipped(event)
             msg = event.message
             good, bad = decode_metrics(event.value, max_bytes=s.max_message_bytes, max_batch=s.max_batch_samples,
                                        max_ts=time.time() + s.max_future_seconds)
@@ -287,6 +305,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
+        if guard is not None:
+            guard.forget(revoked)
         lanes = {tp.partition for tp in revoked if tp.topic == entity_topic.get_topic_name()}
         if not lanes:
             return
@@ -303,6 +323,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
     @app.agent(entity_topic)
     async def detect(stream):
         async for event in stream.events():
+            if guard is not None:
+                await reread_skipped(event)
             lane = event.message.partition
             try:
                 src_part, src_off, entities = decode_payload(event.value, event.key)

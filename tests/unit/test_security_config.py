@@ -159,3 +159,27 @@ def test_build_app_carries_sasl_credentials():
     cred = app.conf.broker_credentials
     assert cred.username == "stream" and cred.password == SECRET
     assert [str(u) for u in app.conf.broker] == ["kafka://b1:9093", "kafka://b2:9093"]
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("SASL authentication error: Authentication failed during authentication due to invalid credentials "
+     "with SASL mechanism SCRAM-SHA-512", "authentication"),
+    ("KafkaError{code=TOPIC_AUTHORIZATION_FAILED,val=29,str=\"Not authorized to access topics\"}", "authorization"),
+    ("ssl.ca.location failed: error:80000002:system library::No such file or directory", "tls"),
+    ("SSL handshake failed: error:0A000086:SSL routines::certificate verify failed", "tls"),
+    ("KafkaError{code=_TRANSPORT,val=-195,str=\"Failed to get metadata: Local: Broker transport failure\"}",
+     "unreachable"),
+    ("Connection refused", "unreachable"),
+])
+def test_kafka_errors_are_told_apart_and_name_what_to_check(text, kind):
+    from stream.kafka.errors import FailFast, describe, kind as kind_of
+
+    assert kind_of(text) == kind
+    msg = describe(_sasl(), text)
+    assert "b1:9093" in msg and SECRET not in msg
+    want = {"authentication": "STREAM_SASL_PASSWORD", "authorization": "ACLs", "tls": "STREAM_SSL_CAFILE",
+            "unreachable": "STREAM_BOOTSTRAP_SERVERS"}[kind]
+    assert want in msg
+    ff = FailFast()
+    ff(text)
+    assert (ff.error is not None) == (kind != "unreachable")

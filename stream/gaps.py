@@ -1,0 +1,62 @@
+"""Detect offsets the consumer skipped, so an agent can read them again (pure; no Faust).
+
+faust-streaming can fail to deliver a record to an agent around a rebalance: a worker restarted
+mid-stream was seen receiving offsets 1242 and 1244 of a partition but never 1243 (4 of ~15
+restarts in the model-monitoring restart test). The record is in the topic; Faust simply never
+hands it over. Its commit logic then either commits past a one-record hole (the record is lost)
+or never commits past a longer one (the partition's committed offset stalls while later records
+are processed) — the "post-restart stall" of the metrics restart test.
+
+:class:`GapGuard` watches the offsets an agent receives per partition. When one jumps ahead, it
+returns the first missing offset so the agent can seek back and receive the hole again; what is
+received twice is skipped downstream (each entity's and model's stored source offsets make
+processing effectively-once). A hole that is still there after one re-read is accepted: offsets
+that hold no record (transaction markers, compacted records) look the same.
+
+The hole arrives after records that follow it. Where those records already advanced an entity's
+cursor of source offsets past the hole, that entity skips the hole's samples (they were lost
+before too); every other entity gets them, and the partition's commits move on instead of
+stalling behind a record that was never acknowledged.
+
+>>> g = GapGuard()
+>>> [g.observe(("t", 0), o) for o in (5, 6, 8)]
+[None, None, 7]
+>>> [g.observe(("t", 0), o) for o in (7, 8)]   # after the seek: the hole is filled
+[None, None]
+>>> [g.observe(("t", 0), o) for o in (9, 11, 12, 9, 11, 12)]  # 10 holds nothing: one seek, then accepted
+[None, 10, None, None, None, None]
+"""
+from __future__ import annotations
+
+from typing import Hashable
+
+
+class GapGuard:
+    def __init__(self) -> None:
+        self._last: dict[Hashable, int] = {}
+        # tp -> start of the last hole re-read: at most one seek per hole, even while records
+        # fetched before the seek are still arriving (they would show the same hole again)
+        self._retried: dict[Hashable, int] = {}
+
+    def observe(self, tp: Hashable, offset: int) -> int | None:
+        """Record a received offset; the offset to seek back to when records were skipped."""
+        last = self._last.get(tp)
+        self._last[tp] = offset if last is None or offset > last else last
+        if last is None or offset <= last + 1:
+            return None
+        if self._retried.get(tp) == last + 1:
+            return None  # already re-read once and still a hole: offsets without records
+        self._retried[tp] = last + 1
+        self._last[tp] = last  # the re-read starts at the hole
+        return last + 1
+
+    def reset(self) -> None:
+        """After a rebalance (the consumer seeks to committed offsets): start over everywhere."""
+        self._last.clear()
+        self._retried.clear()
+
+    def forget(self, tps) -> None:
+        """Partitions revoked (or seeked by the consumer): start over for them."""
+        for tp in tps:
+            self._last.pop(tp, None)
+            self._retried.pop(tp, None)
