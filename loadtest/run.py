@@ -417,23 +417,34 @@ def _series(sampler: Sampler) -> list[list[float]]:
     return [[round(t, 3), c, e, l] for t, c, e, l in sampler.series]
 
 
-def run_service_phase(dep: Deployment, feed: Feed, rate: float | None, label: str, timeout: float,
-                      base_committed: int) -> tuple[dict, np.ndarray, list]:
-    cfg = dep.cfg
-    offsets = Offsets(cfg.bootstrap, dep.app_id, [dep.metrics_topic, f"{dep.app_id}-entity-samples"], dep.metrics_topic)
+def _produce_and_catch_up(bootstrap: str, group: str, topics: list[str], topic: str, feed: Feed,
+                          rate: float | None, label: str, timeout: float, proc, base: int = 0):
+    """Produce the feed to ``topic`` and wait until ``group`` has committed everything on ``topics``,
+    sampling lag every 0.5 s; returns (produce times, wall time of the last ack, wall time caught
+    up, start time, sampler)."""
+    offsets = Offsets(bootstrap, group, topics, topic)
+    fast = Offsets(bootstrap, group, topics, topic)
     t0 = time.time()
-    fast = Offsets(cfg.bootstrap, dep.app_id, offsets.topics, dep.metrics_topic)
     sampler = Sampler(offsets, t0, label, None)
-    sampler.base = base_committed
+    sampler.base = base
     sampler.start()
     try:
-        times, t_prod = produce(cfg.bootstrap, dep.metrics_topic, feed, rate, label, sampler)
-        t_end = wait_caught_up(sampler, fast, base_committed + len(feed), timeout, label, dep.proc)
+        times, t_prod = produce(bootstrap, topic, feed, rate, label, sampler)
+        t_end = wait_caught_up(sampler, fast, base + len(feed), timeout, label, proc)
     finally:
         sampler.stop_ev.set()
         sampler.join(5)
         offsets.close()
         fast.close()
+    return times, t_prod, t_end, t0, sampler
+
+
+def run_service_phase(dep: Deployment, feed: Feed, rate: float | None, label: str, timeout: float,
+                      base_committed: int) -> tuple[dict, np.ndarray, list]:
+    cfg = dep.cfg
+    times, t_prod, t_end, t0, sampler = _produce_and_catch_up(
+        cfg.bootstrap, dep.app_id, [dep.metrics_topic, f"{dep.app_id}-entity-samples"], dep.metrics_topic, feed,
+        rate, label, timeout, dep.proc, base_committed)
     res = _rates(feed, t0, t_end, t_prod)
     res["offered_rate_messages_per_s"] = rate
     series = [[t, c - base_committed, e - base_committed, l] for t, c, e, l in _series(sampler)]
@@ -464,19 +475,8 @@ def run_reference(kind: str, cfg: Config, tmp: Path, tag: str, feed: Feed) -> tu
         _group_stable(cfg.bootstrap, group, 180, proc)
         time.sleep(1.0)  # the agent's fetcher starts right after the assignment
     try:
-        offsets = Offsets(cfg.bootstrap, group, [topic], topic)
-        fast = Offsets(cfg.bootstrap, group, [topic], topic)
-        t0 = time.time()
-        sampler = Sampler(offsets, t0, kind, None)
-        sampler.start()
-        try:
-            _times, t_prod = produce(cfg.bootstrap, topic, feed, None, kind, sampler)
-            t_end = wait_caught_up(sampler, fast, len(feed), cfg.timeout, kind, proc)
-        finally:
-            sampler.stop_ev.set()
-            sampler.join(5)
-            offsets.close()
-            fast.close()
+        _times, t_prod, t_end, t0, sampler = _produce_and_catch_up(
+            cfg.bootstrap, group, [topic], topic, feed, None, kind, cfg.timeout, proc)
         res = _rates(feed, t0, t_end, t_prod)
         res["rss_peak_bytes"] = _proc_kib(proc.pid, "VmHWM")
         # the ceiling can only be as fast as the producer: flag it when that is what was measured
