@@ -253,16 +253,11 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # so with exactly_once, state is written eagerly, per message, inside the agent (slower).
     eos = s.processing_guarantee == "exactly_once"
 
-    def persist_now() -> None:
-        for key, (det, eid) in list(dirty.items()):
-            if eid in det.entities:
-                blob = pack_state(det.export_state(eid))
-                state_sizes[key] = len(blob)
-                state[key] = blob
-        dirty.clear()
+    def flush_state(lanes: set[int] | None = None, in_event: bool = False) -> int:
+        """Write dirty entities (of ``lanes``, or all) to the table and its changelog.
 
-    def flush_state(lanes: set[int] | None = None) -> int:
-        """Write dirty entities (of ``lanes``, or all) to the table and its changelog."""
+        ``in_event``: called while processing an event (exactly_once), where Faust writes the
+        changelog record itself, in the event's transaction."""
         n = 0
         for key, (det, eid) in list(dirty.items()):
             ent = det.entities.get(eid)
@@ -273,10 +268,13 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 continue
             blob = pack_state(det.export_state(eid))
             state_sizes[key] = len(blob)
-            # outside an event Faust cannot pick the changelog partition itself: it is the entity's
-            # lane (its partition of the internal topic, co-partitioned with the changelog)
-            state.data[key] = blob
-            state.send_changelog(ent.lane, key, blob)
+            if in_event:
+                state[key] = blob
+            else:
+                # outside an event Faust cannot pick the changelog partition itself: it is the
+                # entity's lane (its partition of the internal topic, co-partitioned with the changelog)
+                state.data[key] = blob
+                state.send_changelog(ent.lane, key, blob)
             del dirty[key]
             n += 1
         return n
@@ -400,7 +398,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                     state.pop(key, None)
                     state_sizes.pop(key, None)
             if eos:
-                persist_now()
+                flush_state(in_event=True)
 
     from stream.models_worker import register_model_agents
     register_model_agents(app, s, alerts_topic, deadletter_topic)
