@@ -57,6 +57,7 @@ class Config:
     batch: int = 25  # entities per message (x metrics samples), as a collector batches
     references: bool = True
     timeout: float = 600.0  # per phase, to catch up
+    worker_env: dict = field(default_factory=dict)  # extra STREAM_* settings for the service's worker
 
 
 def log(msg: str) -> None:
@@ -77,6 +78,22 @@ def _proc_kib(pid: int, field_name: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0.0 when it is gone.
+
+    Wall-clock rates on a shared 2-core machine move with whatever else runs; CPU seconds per
+    sample is the process's own cost, and comparable between runs."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _cpu_figures(cpu_s: float, samples: int) -> dict:
+    return {"cpu_seconds": round(cpu_s, 3), "cpu_us_per_sample": round(1e6 * cpu_s / samples, 2) if samples else None}
 
 
 # --------------------------------------------------------------------------------- offsets
@@ -284,6 +301,7 @@ class Deployment:
             "STREAM_WINDOW_SECONDS": str(cfg.window),
             "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             "PYTHONUNBUFFERED": "1",
+            **cfg.worker_env,
         }
         self.proc: subprocess.Popen | None = None
 
@@ -442,10 +460,12 @@ def _produce_and_catch_up(bootstrap: str, group: str, topics: list[str], topic: 
 def run_service_phase(dep: Deployment, feed: Feed, rate: float | None, label: str, timeout: float,
                       base_committed: int) -> tuple[dict, np.ndarray, list]:
     cfg = dep.cfg
+    cpu0 = _proc_cpu_s(dep.proc.pid)
     times, t_prod, t_end, t0, sampler = _produce_and_catch_up(
         cfg.bootstrap, dep.app_id, [dep.metrics_topic, f"{dep.app_id}-entity-samples"], dep.metrics_topic, feed,
         rate, label, timeout, dep.proc, base_committed)
     res = _rates(feed, t0, t_end, t_prod)
+    res.update(_cpu_figures(_proc_cpu_s(dep.proc.pid) - cpu0, feed.samples))
     res["offered_rate_messages_per_s"] = rate
     series = [[t, c - base_committed, e - base_committed, l] for t, c, e, l in _series(sampler)]
     log(f"[{label}] caught up: {res['samples_per_s']:,.0f} samples/s, {res['messages_per_s']:,.0f} msgs/s "
@@ -475,9 +495,11 @@ def run_reference(kind: str, cfg: Config, tmp: Path, tag: str, feed: Feed) -> tu
         _group_stable(cfg.bootstrap, group, 180, proc)
         time.sleep(1.0)  # the agent's fetcher starts right after the assignment
     try:
+        cpu0 = _proc_cpu_s(proc.pid)
         _times, t_prod, t_end, t0, sampler = _produce_and_catch_up(
             cfg.bootstrap, group, [topic], topic, feed, None, kind, cfg.timeout, proc)
         res = _rates(feed, t0, t_end, t_prod)
+        res.update(_cpu_figures(_proc_cpu_s(proc.pid) - cpu0, feed.samples))
         res["rss_peak_bytes"] = _proc_kib(proc.pid, "VmHWM")
         # the ceiling can only be as fast as the producer: flag it when that is what was measured
         res["bound_by_producer"] = res["seconds"] - res["produce_seconds"] < 0.3

@@ -15,7 +15,8 @@ EVENTS = Counter("stream_events", "Input events by topic and outcome (processed,
                  ["topic", "outcome"], registry=REGISTRY)
 DEADLETTER = Counter("stream_deadletter", "Dead-lettered input by reason", ["reason"], registry=REGISTRY)
 ALERTS = Counter("stream_alerts", "Alerts published", ["kind", "severity", "detector"], registry=REGISTRY)
-PROCESSING = Histogram("stream_event_processing_seconds", "Time to process one input message",
+PROCESSING = Histogram("stream_event_processing_seconds",
+                       "Time to process one input message (decode, dead-letter, route; averaged over its ingest batch)",
                        buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1.0), registry=REGISTRY)
 ENTITIES = Gauge("stream_entities_active", "Entities with state in this worker", ["detector"], registry=REGISTRY)
 STATE_BYTES = Gauge("stream_state_bytes", "Serialized state bytes last written, summed over entities",

@@ -9,15 +9,24 @@ partition, rather than one message per entity. With exporters batching a few hun
 message this divides the number of internal messages (each a produce, a fetch, a Faust event and
 an agent iteration) by the number of entities per partition.
 
-Format of an internal message (version 2; JSON)::
+The ingest agent routes a *batch* of input messages at a time (``STREAM_INGEST_BATCH_MESSAGES``):
+one internal message per destination partition per batch, so a partition's internal messages
+are few and large whatever the size of the exporters' batches — each internal message is a
+produce, a fetch, a Faust event and an agent iteration, the worker's main cost per message.
 
-    {"v": 2, "src": [source partition, source offset],
-     "e": {entity id: [entity labels, [[metric, ts, value], ...]], ...}}
+Format of an internal message (version 3; JSON)::
 
-Every sample of one input message for one entity is in one internal message, so the entity's
-cursor of source offsets (:meth:`stream.detect.engine.Detector.seen`) still makes replays
-effectively-once. Version 1 (one message per entity, keyed by entity id, a list of
-``[metric, labels, ts, value, partition, offset]``) is still read, for a rolling upgrade.
+    {"v": 3, "e": {entity id: [entity labels,
+                               [[source partition, source offset, [[metric, ts, value], ...]], ...]],
+                   ...}}
+
+Each entity's samples are grouped by the input message (source partition and offset) they came
+from, in arrival order, so the entity's cursor of source offsets
+(:meth:`stream.detect.engine.Detector.seen`) still makes replays effectively-once: a chunk the
+entity's state already holds is skipped. Versions 2 (one source message per internal message:
+``{"v": 2, "src": [partition, offset], "e": {eid: [labels, rows]}}``) and 1 (one message per
+entity, keyed by entity id, a list of ``[metric, labels, ts, value, partition, offset]``) are
+still read, for a rolling upgrade.
 
 >>> from stream.detect.engine import Detector
 >>> from stream.detect.spec import DetectorSpec
@@ -27,8 +36,8 @@ effectively-once. Version 1 (one message per entity, keyed by entity id, a list 
 >>> good, _ = decode_metrics(b'{"samples": [{"metric": "cpu", "labels": {"host": "a"}, "value": 1, "ts": 60},'
 ...                          b'{"metric": "mem", "labels": {"host": "a"}, "value": 2, "ts": 60}]}',
 ...                          max_bytes=10_000, max_batch=10)
->>> [(p, decode_payload(raw, None)) for p, raw in r.route(good, 0, 17).items()]
-[(0, (0, 17, {'hosts/host=a': ({'host': 'a'}, [['cpu', 60.0, 1.0], ['mem', 60.0, 2.0]])}))]
+>>> [(p, decode_payload(raw, None)) for p, raw in r.route([(0, 17, good)]).items()]
+[(0, {'hosts/host=a': ({'host': 'a'}, [[0, 17, [['cpu', 60.0, 1.0], ['mem', 60.0, 2.0]]]])})]
 """
 from __future__ import annotations
 
@@ -37,7 +46,7 @@ from typing import Any, Iterable
 import orjson
 from aiokafka.partitioner import murmur2  # Kafka's murmur2 (pure Python); no client involved
 
-PAYLOAD_VERSION = 2
+PAYLOAD_VERSION = 3
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -88,37 +97,54 @@ class Router:
             self._cache[series] = hits
         return hits
 
-    def group(self, samples: Iterable[Any]) -> dict[int, dict[str, list]]:
-        """partition -> {entity id: [entity labels, [[metric, ts, value], ...]]}"""
+    def group(self, batch: Iterable[tuple[int, int, Iterable[Any]]]) -> dict[int, dict[str, list]]:
+        """partition -> {entity id: [entity labels, [[source partition, source offset, rows], ...]]}
+
+        ``batch``: ``(source partition, source offset, samples)`` per input message, in arrival order.
+        """
         out: dict[int, dict[str, list]] = {}
         targets = self.targets
-        for s in samples:
-            for eid, elabels, p in targets(s.metric, s.labels, s.series):
-                ents = out.get(p)
-                if ents is None:
-                    ents = out[p] = {}
-                ent = ents.get(eid)
-                if ent is None:
-                    ent = ents[eid] = [elabels, []]
-                ent[1].append((s.metric, s.ts, s.value))
+        for src_p, src_o, samples in batch:
+            for s in samples:
+                row = (s.metric, s.ts, s.value)
+                for eid, elabels, p in targets(s.metric, s.labels, s.series):
+                    ents = out.get(p)
+                    if ents is None:
+                        ents = out[p] = {}
+                    ent = ents.get(eid)
+                    if ent is None:
+                        ent = ents[eid] = [elabels, [[src_p, src_o, [row]]]]
+                        continue
+                    last = ent[1][-1]
+                    if last[1] == src_o and last[0] == src_p:
+                        last[2].append(row)
+                    else:
+                        ent[1].append([src_p, src_o, [row]])
         return out
 
-    def route(self, samples: Iterable[Any], src_partition: int, src_offset: int) -> dict[int, bytes]:
-        """partition -> the internal message (version 2) for it."""
-        return {p: orjson.dumps({"v": PAYLOAD_VERSION, "src": [src_partition, src_offset], "e": ents})
-                for p, ents in self.group(samples).items()}
+    def route(self, batch: Iterable[tuple[int, int, Iterable[Any]]]) -> dict[int, bytes]:
+        """partition -> the internal message (version 3) for it, from ``(source partition, source
+        offset, samples)`` per input message."""
+        return {p: orjson.dumps({"v": PAYLOAD_VERSION, "e": ents}) for p, ents in self.group(batch).items()}
 
 
-def decode_payload(raw: bytes, key: bytes | None) -> tuple[int, int, dict[str, tuple[dict[str, str] | None, list]]]:
-    """``(source partition, source offset, {entity id: (entity labels or None, rows)})``.
+Chunks = list  # [[source partition, source offset, rows], ...]
 
-    Version-2 rows are ``[metric, ts, value]``; version-1 payloads (a list, keyed by entity id)
-    come back as ``(None, [[metric, labels, ts, value, partition, offset], ...])``.
+
+def decode_payload(raw: bytes, key: bytes | None) -> dict[str, tuple[dict[str, str] | None, Chunks]]:
+    """``{entity id: (entity labels or None, [[source partition, source offset, rows], ...])}``.
+
+    Rows are ``[metric, ts, value]``; version-1 payloads (a list, keyed by entity id) come back
+    with labels ``None`` and their rows as sent, ``[metric, labels, ts, value, partition, offset]``
+    (the entity is resolved from each sample's labels).
     """
     obj = orjson.loads(raw)
     if isinstance(obj, list):  # version 1: one entity per message
-        return obj[0][4], obj[0][5], {key.decode(): (None, obj)}
-    if obj.get("v") != PAYLOAD_VERSION:
-        raise ValueError(f"unsupported internal payload version {obj.get('v')!r}")
-    src = obj["src"]
-    return src[0], src[1], {eid: (v[0], v[1]) for eid, v in obj["e"].items()}
+        return {key.decode(): (None, [[obj[0][4], obj[0][5], obj]])}
+    v = obj.get("v")
+    if v == PAYLOAD_VERSION:
+        return {eid: (e[0], e[1]) for eid, e in obj["e"].items()}
+    if v == 2:  # one source message per internal message
+        src_p, src_o = obj["src"]
+        return {eid: (e[0], [[src_p, src_o, e[1]]]) for eid, e in obj["e"].items()}
+    raise ValueError(f"unsupported internal payload version {v!r}")

@@ -76,6 +76,14 @@ class Settings:
         120.0, "wall seconds without samples after which an entity's open windows may be closed by "
         "its lane's event time (an entity that went quiet)", minimum=0.0
     )
+    ingest_batch_messages: int = _f(
+        200, "input messages the ingest agent routes together: one internal message per destination "
+        "partition per batch (fewer, larger internal messages; see stream.routing)", minimum=1
+    )
+    ingest_linger_seconds: float = _f(
+        0.02, "how long the ingest agent waits for a batch to fill before routing what it has "
+        "(added alert latency at low rates)", minimum=0.001
+    )
     processing_guarantee: str = _f(
         "at_least_once", "Faust processing guarantee", choices=("at_least_once", "exactly_once")
     )

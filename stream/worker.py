@@ -4,8 +4,9 @@ Two agents:
 
 ``ingest`` (on the metrics topic)
     decode → dead-letter what is invalid → route each valid sample to its detectors' entities
-    and forward them to the internal topic ``<app_id>-entity-samples``: one message per
-    destination partition, the partition Kafka's default partitioner gives the entity id
+    and forward them to the internal topic ``<app_id>-entity-samples``: input messages are taken
+    in batches, and each batch becomes one internal message per destination partition, the
+    partition Kafka's default partitioner gives the entity id
     (:mod:`stream.routing`). Entities may span series (``group_by``), and series of one entity
     may sit on different input partitions: re-partitioning puts each entity's samples, its state
     table and its changelog on one partition.
@@ -35,6 +36,10 @@ from stream.routing import Router, decode_payload
 from stream.settings import Settings, SettingsError, get_settings
 
 log = logging.getLogger("stream.worker")
+
+# input bytes routed into one round of internal messages at most (or STREAM_MAX_MESSAGE_BYTES if
+# larger): each internal message stays far below the broker's default 1 MB message limit
+INTERNAL_BATCH_BYTES = 512 * 1024
 
 
 def faust_broker_kwargs(s: Settings) -> dict[str, Any]:
@@ -206,30 +211,51 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
     router = Router(pipe.detectors, s.topic_partitions)
 
+    batch_max = s.ingest_batch_messages
+    batch_bytes = max(s.max_message_bytes, INTERNAL_BATCH_BYTES)
+
+    async def forward(batch: list) -> None:
+        # one internal message per destination partition for the whole batch (stream.routing)
+        for part, payload in router.route(batch).items():
+            await entity_topic.send(key=None, value=payload, partition=part)
+
     @app.agent(metrics_topic)
     async def ingest(stream):
-        async for event in stream.events():
+        # Input messages are taken in batches (up to STREAM_INGEST_BATCH_MESSAGES, or what arrived
+        # within STREAM_INGEST_LINGER_SECONDS): Faust acks a batch's events after this body has
+        # handed its internal messages to the producer, and flushes the producer before committing.
+        async for events in stream.take_events(batch_max, within=s.ingest_linger_seconds):
             t0 = time.perf_counter()
-            if guard is not None:
-                await reread_skipped(event)
-            msg = event.message
-            good, bad = decode_metrics(event.value, max_bytes=s.max_message_bytes, max_batch=s.max_batch_samples,
-                                       max_ts=time.time() + s.max_future_seconds)
-            if good:
+            batch: list = []
+            size = 0
+            for event in events:
+                if guard is not None:
+                    await reread_skipped(event)
+                msg = event.message
+                raw = event.value
+                good, bad = decode_metrics(raw, max_bytes=s.max_message_bytes, max_batch=s.max_batch_samples,
+                                           max_ts=time.time() + s.max_future_seconds)
+                if bad:
+                    deadlettered.inc(len(bad))
+                for rej in bad:
+                    m.DEADLETTER.labels(rej.reason).inc()
+                    rec = deadletter_record(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                                            key=event.key)
+                    await deadletter_topic.send(key=f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
+                                                value=orjson.dumps(rec))
+                if not good:
+                    continue
                 processed.inc(len(good))
-            if bad:
-                deadlettered.inc(len(bad))
-            for rej in bad:
-                m.DEADLETTER.labels(rej.reason).inc()
-                rec = deadletter_record(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=event.key)
-                await deadletter_topic.send(key=f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
-                                            value=orjson.dumps(rec))
-            if not good:
-                continue
-            # one internal message per destination partition (not per entity): see stream.routing
-            for part, payload in router.route(good, msg.partition, msg.offset).items():
-                await entity_topic.send(key=None, value=payload, partition=part)
-            processing.observe(time.perf_counter() - t0)
+                batch.append((msg.partition, msg.offset, good))
+                size += len(raw)
+                if size >= batch_bytes:  # internal messages stay well under the broker's size limit
+                    await forward(batch)
+                    batch, size = [], 0
+            if batch:
+                await forward(batch)
+            per_msg = (time.perf_counter() - t0) / max(1, len(events))
+            for _ in events:  # one observation per input message, as before batching
+                processing.observe(per_msg)
 
     lane_checked: dict[tuple[str, int], float] = {}
     last_wall: dict[str, float] = {}  # entity id -> wall time of its last sample
@@ -322,7 +348,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 await reread_skipped(event)
             lane = event.message.partition
             try:
-                src_part, src_off, entities = decode_payload(event.value, event.key)
+                entities = decode_payload(event.value, event.key)
             except Exception as exc:  # noqa: BLE001 - only this service writes the internal topic
                 log.error("skipping an unreadable internal message at %s/%d/%d: %s", event.message.topic,
                           lane, event.message.offset, exc)
@@ -331,7 +357,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
             changed: list[tuple[Detector, str]] = []
             evt_time: dict[str, float] = {}  # detector -> latest event time in this message
             late = 0
-            for eid, (elabels, rows) in entities.items():
+            for eid, (elabels, chunks) in entities.items():
                 det = pipe.detectors.get(eid.split("/", 1)[0])
                 if det is None:
                     continue  # a detector removed since the sample was routed
@@ -339,21 +365,26 @@ def build_app(settings: Settings | None = None) -> faust.App:
                     stored = state.get(eid.encode())
                     if stored is not None:  # recovered from the changelog after a restart/rebalance
                         det.import_state(eid, unpack_state(stored))
-                if det.seen(eid, src_part, src_off):
-                    continue  # already folded in before a crash: at-least-once input, effectively-once state
                 late0 = det.late
                 ingest = det.ingest
-                if elabels is None:  # version-1 payload
-                    for metric, labels, ts, value, part, off in rows:
-                        alerts += ingest(metric, labels, ts, value, offset=off, partition=part, lane=lane)
-                else:
-                    hit = (eid, elabels)
-                    for metric, ts, value in rows:
-                        out = ingest(metric, elabels, ts, value, offset=src_off, partition=src_part, lane=lane,
-                                     entity=hit)
-                        if out:
-                            alerts += out
-                det.advance_cursor(eid, src_part, src_off)
+                hit = (eid, elabels)
+                folded = False
+                for src_part, src_off, rows in chunks:
+                    if det.seen(eid, src_part, src_off):
+                        continue  # already folded in before a crash: at-least-once input, effectively-once state
+                    folded = True
+                    if elabels is None:  # version-1 payload
+                        for metric, labels, ts, value, part, off in rows:
+                            alerts += ingest(metric, labels, ts, value, offset=off, partition=part, lane=lane)
+                    else:
+                        for metric, ts, value in rows:
+                            out = ingest(metric, elabels, ts, value, offset=src_off, partition=src_part, lane=lane,
+                                         entity=hit)
+                            if out:
+                                alerts += out
+                    det.advance_cursor(eid, src_part, src_off)
+                if not folded:
+                    continue
                 late += det.late - late0
                 ent = det.entities[eid]
                 changed.append((det, ent.id))

@@ -132,7 +132,8 @@ def test_mixed_batch_keeps_good_samples(stream_env, tmp_path):
     fwd = env.consume(f"{env.env['STREAM_APP_ID']}-entity-samples", until=lambda r: len(r) >= 1, timeout=30)
     assert len(fwd) == 1
     (ent,) = fwd[0]["e"].values()
-    assert [row[2] for row in ent[1]] == [1.0, 2.0]
+    ((_part, offset, rows),) = ent[1]  # one chunk: the one input message
+    assert offset == dead[0]["source"]["offset"] and [row[2] for row in rows] == [1.0, 2.0]
 
 
 def test_topics_apply_is_idempotent(stream_env):

@@ -483,8 +483,8 @@ def test_fuzzed_input_is_deadlettered_exactly_once_and_good_samples_are_processe
         fwd_topic = f"{env.env['STREAM_APP_ID']}-entity-samples"
         count = [0]
 
-        def n_samples(recs):  # internal messages: {"v": 2, "src": [...], "e": {entity: [labels, rows]}}
-            return sum(len(rows) for r in recs for _labels, rows in r["e"].values())
+        def n_samples(recs):  # internal messages: {"v": 3, "e": {entity: [labels, [[part, offset, rows], ...]]}}
+            return sum(len(rows) for r in recs for _labels, chunks in r["e"].values() for _p, _o, rows in chunks)
 
         def enough(recs):
             count[0] = n_samples(recs)

@@ -32,13 +32,14 @@ def test_one_internal_message_per_partition_holding_every_entity_of_it():
     router = Router({"hosts": hosts, "dcs": dcs}, partitions=4)
     good, bad = decode_metrics(orjson.dumps({"samples": _samples(40)}), max_bytes=1 << 20, max_batch=1000)
     assert not bad
-    out = router.route(good, 3, 99)
+    out = router.route([(3, 99, good)])
     assert 1 <= len(out) <= 4
     seen: dict[str, list] = {}
     for part, raw in out.items():
-        src_p, src_o, ents = decode_payload(raw, None)
-        assert (src_p, src_o) == (3, 99)
-        for eid, (labels, rows) in ents.items():
+        ents = decode_payload(raw, None)
+        for eid, (labels, chunks) in ents.items():
+            assert [(p, o) for p, o, _ in chunks] == [(3, 99)]
+            rows = chunks[0][2]
             assert partition_for(eid.encode(), 4) == part  # each entity on its own partition
             assert eid not in seen  # and in exactly one message
             seen[eid] = rows
@@ -53,16 +54,45 @@ def test_routing_is_the_same_from_the_cache():
     det = Detector(DetectorSpec(name="hosts", group_by=("host",)))
     router = Router({"hosts": det}, partitions=8)
     good, _ = decode_metrics(orjson.dumps({"samples": _samples(50)}), max_bytes=1 << 20, max_batch=1000)
-    first = router.route(good, 0, 1)
-    again = router.route(good, 0, 1)
+    first = router.route([(0, 1, good)])
+    again = router.route([(0, 1, good)])
     assert first == again and router._cache
 
 
 def test_version_1_payloads_are_still_read():
     raw = orjson.dumps([["cpu", {"host": "a"}, 60.0, 1.5, 2, 41], ["mem", {"host": "a"}, 60.0, 2.5, 2, 41]])
-    p, o, ents = decode_payload(raw, b"hosts/host=a")
-    assert (p, o) == (2, 41) and list(ents) == ["hosts/host=a"]
-    assert ents["hosts/host=a"][0] is None and ents["hosts/host=a"][1][1][3] == 2.5
+    ents = decode_payload(raw, b"hosts/host=a")
+    assert list(ents) == ["hosts/host=a"]
+    labels, chunks = ents["hosts/host=a"]
+    assert labels is None and [(p, o) for p, o, _ in chunks] == [(2, 41)] and chunks[0][2][1][3] == 2.5
+
+
+def test_version_2_payloads_are_still_read():
+    raw = orjson.dumps({"v": 2, "src": [1, 7], "e": {"hosts/host=a": [{"host": "a"}, [["cpu", 60.0, 1.5]]]}})
+    assert decode_payload(raw, None) == {"hosts/host=a": ({"host": "a"}, [[1, 7, [["cpu", 60.0, 1.5]]]])}
+
+
+def test_a_batch_of_input_messages_becomes_one_message_per_partition_with_each_source_kept_apart():
+    det = Detector(DetectorSpec(name="hosts", group_by=("host",)))
+    router = Router({"hosts": det}, partitions=4)
+    batch = []
+    for off in range(10):  # ten exporter messages from two input partitions, 30 hosts each
+        good, _ = decode_metrics(orjson.dumps({"samples": _samples(30, ts=60.0 * off)}), max_bytes=1 << 20,
+                                 max_batch=1000)
+        batch.append((off % 2, 100 + off, good))
+    out = router.route(batch)
+    assert len(out) <= 4  # not 10 x 4
+    got: dict[str, list] = {}
+    for part, raw in out.items():
+        for eid, (labels, chunks) in decode_payload(raw, None).items():
+            assert partition_for(eid.encode(), 4) == part
+            got[eid] = chunks
+    assert len(got) == 30
+    for eid, chunks in got.items():  # each source message is its own chunk, in arrival order
+        assert [(p, o) for p, o, _ in chunks] == [(off % 2, 100 + off) for off in range(10)]
+        h = float(eid.split("=h")[1])
+        assert [rows for _, _, rows in chunks] == [[["cpu", 60.0 * off, h], ["mem", 60.0 * off, h]]
+                                                   for off in range(10)]
 
 
 _label_value = st.one_of(st.text(max_size=5), st.integers(), st.none(), st.lists(st.integers(), max_size=2))
