@@ -42,6 +42,9 @@ def main(argv=None) -> int:
     r.add_argument("--no-offline", action="store_true", help="skip scoring the data with the engine in-process")
     r.add_argument("--no-references", action="store_true", help="skip the ceiling and naive runs")
     r.add_argument("--keep-topics", action="store_true", help="do not delete the run's topics at the end")
+    r.add_argument("--commit-interval", type=float, default=1.0,
+                   help="commit interval (s) of the service and the naive Faust app (default 1; throughput is "
+                        "measured to the moment everything is committed)")
     r.add_argument("--worker-env", action="append", default=[], metavar="STREAM_NAME=VALUE",
                    help="a setting for the service's worker (repeatable), e.g. STREAM_INGEST_BATCH_MESSAGES=1 "
                         "to compare worker settings on the same data")
@@ -65,6 +68,7 @@ def main(argv=None) -> int:
     if args.kinds:
         cfg.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     cfg.keep_topics = args.keep_topics
+    cfg.commit_interval = args.commit_interval
     for item in args.worker_env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("STREAM_"):

@@ -29,6 +29,7 @@ app = faust.App(
     store="memory://",
     datadir=str(s.state_path / "faust" / os.environ.get("LOADTEST_NAIVE_APP", "loadtest-naive")),
     topic_partitions=s.topic_partitions,
+    broker_commit_interval=s.commit_interval_seconds,
     web_bind="127.0.0.1",
     stream_wait_empty=False,
 )

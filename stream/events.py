@@ -207,34 +207,48 @@ def decode_metrics(raw: bytes | None, *, max_bytes: int, max_batch: int,
     >>> len(ok), bad[0].reason, bad[0].batch_index
     (1, 'non_numeric', 1)
     """
-    obj, rej = parse_json(raw, max_bytes)
+    items, rej, single = metric_items(raw, max_bytes=max_bytes, max_batch=max_batch)
     if rej is not None:
         return [], [rej]
+    good: list[Sample] = []
+    bad: list[Rejection] = []
+    for i, item in enumerate(items):
+        res = _check_sample(item)
+        if type(res) is Sample:
+            if res.ts <= max_ts:
+                good.append(res)
+                continue
+            res = _future(res.ts, max_ts)
+        bad.append(sample_rejection(res, i, item, raw, single))
+    return good, bad
+
+
+def metric_items(raw: bytes | None, *, max_bytes: int, max_batch: int) -> tuple[list, Rejection | None, bool]:
+    """The sample objects of one metrics message, before they are checked one by one:
+    ``(items, None, single)``, or ``([], rejection, False)`` when the message as a whole is bad
+    (not JSON, oversized, a batch of the wrong shape). ``single``: the message is one sample,
+    not a batch."""
+    obj, rej = parse_json(raw, max_bytes)
+    if rej is not None:
+        return [], rej, False
     if isinstance(obj, dict) and "samples" in obj:
         batch = obj["samples"]
         if len(obj) != 1:
-            return [], [Rejection("wrong_shape", "a batch object has only the field 'samples'", raw)]
+            return [], Rejection("wrong_shape", "a batch object has only the field 'samples'", raw), False
         if not isinstance(batch, list) or not batch:
-            return [], [Rejection("wrong_shape", "'samples' must be a non-empty array", raw)]
+            return [], Rejection("wrong_shape", "'samples' must be a non-empty array", raw), False
         if len(batch) > max_batch:
-            return [], [Rejection("oversized", f"batch of {len(batch)} samples exceeds {max_batch} (STREAM_MAX_BATCH_SAMPLES)", raw)]
-        good: list[Sample] = []
-        bad: list[Rejection] = []
-        for i, item in enumerate(batch):
-            res = _check_sample(item)
-            if type(res) is Sample:
-                if res.ts <= max_ts:
-                    good.append(res)
-                    continue
-                res = _future(res.ts, max_ts)
-            bad.append(Rejection(res[0], f"samples[{i}]: {res[1]}", encode_item(item), i))
-        return good, bad
-    res = _check_sample(obj)
-    if type(res) is Sample:
-        if res.ts <= max_ts:
-            return [res], []
-        res = _future(res.ts, max_ts)
-    return [], [Rejection(res[0], res[1], raw)]
+            return [], Rejection("oversized", f"batch of {len(batch)} samples exceeds {max_batch} (STREAM_MAX_BATCH_SAMPLES)", raw), False
+        return batch, None, False
+    return [obj], None, True
+
+
+def sample_rejection(res: tuple[str, str], i: int, item: Any, raw: bytes, single: bool) -> Rejection:
+    """The rejection of one bad sample: the whole message when it is a single sample, else the
+    sample's own JSON and its index in the batch."""
+    if single:
+        return Rejection(res[0], res[1], raw)
+    return Rejection(res[0], f"samples[{i}]: {res[1]}", encode_item(item), i)
 
 
 def _future(ts: float, max_ts: float) -> tuple[str, str]:

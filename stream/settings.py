@@ -84,6 +84,10 @@ class Settings:
         0.02, "how long the ingest agent waits for a batch to fill before routing what it has "
         "(added alert latency at low rates)", minimum=0.001
     )
+    commit_interval_seconds: float = _f(
+        2.8, "how often the worker commits its input offsets, writing changed state first (Faust's "
+        "broker_commit_interval): shorter means less to replay after a crash and more state writes", minimum=0.05
+    )
     processing_guarantee: str = _f(
         "at_least_once", "Faust processing guarantee", choices=("at_least_once", "exactly_once")
     )

@@ -30,7 +30,7 @@ import orjson
 from stream import metrics as m
 from stream.detect.engine import Detector
 from stream.detect.spec import load_specs
-from stream.events import decode_metrics, deadletter_record
+from stream.events import deadletter_record
 from stream.gaps import GapGuard
 from stream.routing import Router, decode_payload
 from stream.settings import Settings, SettingsError, get_settings
@@ -90,6 +90,9 @@ class Pipeline:
         specs = load_specs(settings.specs_dir or None, window=settings.window_seconds,
                            lateness=settings.allowed_lateness_seconds)
         self.detectors = {s.name: Detector(s, source_topic=settings.topic_metrics) for s in specs}
+        # river's drift package imports a dataframe stack (~1 s of CPU): at start, not in the
+        # middle of the first window that checks for drift
+        import river.drift  # noqa: F401
 
 
 def build_app(settings: Settings | None = None) -> faust.App:
@@ -105,6 +108,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         topic_partitions=s.topic_partitions,
         topic_replication_factor=s.topic_replication,
         processing_guarantee=s.processing_guarantee,
+        broker_commit_interval=s.commit_interval_seconds,
         web_bind=s.web_bind,
         web_port=s.web_port,
         web_host=s.web_bind,
@@ -214,9 +218,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
     batch_max = s.ingest_batch_messages
     batch_bytes = max(s.max_message_bytes, INTERNAL_BATCH_BYTES)
 
-    async def forward(batch: list) -> None:
+    async def forward(out: dict) -> None:
         # one internal message per destination partition for the whole batch (stream.routing)
-        for part, payload in router.route(batch).items():
+        for part, payload in router.encode(out).items():
             await entity_topic.send(key=None, value=payload, partition=part)
 
     @app.agent(metrics_topic)
@@ -226,15 +230,17 @@ def build_app(settings: Settings | None = None) -> faust.App:
         # handed its internal messages to the producer, and flushes the producer before committing.
         async for events in stream.take_events(batch_max, within=s.ingest_linger_seconds):
             t0 = time.perf_counter()
-            batch: list = []
+            out: dict = {}
             size = 0
+            max_ts = time.time() + s.max_future_seconds
             for event in events:
                 if guard is not None:
                     await reread_skipped(event)
                 msg = event.message
                 raw = event.value
-                good, bad = decode_metrics(raw, max_bytes=s.max_message_bytes, max_batch=s.max_batch_samples,
-                                           max_ts=time.time() + s.max_future_seconds)
+                # decode, validate and route in one pass (compiled for series already seen valid)
+                n_good, bad = router.add_message(raw, msg.partition, msg.offset, out, max_bytes=s.max_message_bytes,
+                                                 max_batch=s.max_batch_samples, max_ts=max_ts)
                 if bad:
                     deadlettered.inc(len(bad))
                 for rej in bad:
@@ -243,16 +249,15 @@ def build_app(settings: Settings | None = None) -> faust.App:
                                             key=event.key)
                     await deadletter_topic.send(key=f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
                                                 value=orjson.dumps(rec))
-                if not good:
+                if not n_good:
                     continue
-                processed.inc(len(good))
-                batch.append((msg.partition, msg.offset, good))
+                processed.inc(n_good)
                 size += len(raw)
                 if size >= batch_bytes:  # internal messages stay well under the broker's size limit
-                    await forward(batch)
-                    batch, size = [], 0
-            if batch:
-                await forward(batch)
+                    await forward(out)
+                    out, size = {}, 0
+            if out:
+                await forward(out)
             per_msg = (time.perf_counter() - t0) / max(1, len(events))
             for _ in events:  # one observation per input message, as before batching
                 processing.observe(per_msg)

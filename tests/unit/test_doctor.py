@@ -33,7 +33,8 @@ def test_masked_hides_secrets_and_keeps_the_rest():
 def test_compiled_extensions_are_loaded_from_shared_objects():
     c = check_extensions()
     assert c.ok, c.detail
-    assert [i["module"] for i in c.items] == ["stream.detect._window", "stream.detect._hst", "stream.detect._binning"]
+    assert [i["module"] for i in c.items] == ["stream.detect._window", "stream.detect._hst", "stream.detect._binning",
+                                                 "stream._route"]
     assert all(i["file"].endswith(".so") for i in c.items)
 
 

@@ -162,3 +162,58 @@ def test_stored_entity_state_is_compressed_and_old_uncompressed_state_still_load
         other = Detector(det.spec)
         other.import_state(eid, unpack_state(blob))
         assert other.export_state(eid) == raw
+
+
+_valid = st.fixed_dictionaries(
+    {"metric": st.sampled_from(["cpu", "up", "mem"]),
+     "value": st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-2 ** 60, 2 ** 60)),
+     "ts": st.one_of(st.floats(min_value=0, max_value=1e12), st.integers(0, 2 ** 60))},
+    optional={"labels": st.dictionaries(st.sampled_from(["host", "dc"]), st.sampled_from(["a", "b", "c"]), max_size=2)})
+_message = st.one_of(
+    st.lists(st.one_of(_valid, _valid, _sample, st.integers(), st.none()), min_size=1, max_size=8).map(lambda xs: {"samples": xs}),
+    _valid, _sample,
+    st.sampled_from([{"samples": []}, {"samples": 1}, {"samples": [1], "x": 1}, [1, 2], "text"]))
+
+
+def _raw(msg) -> bytes:
+    import json
+
+    return json.dumps(msg, allow_nan=True).encode()  # NaN / Infinity literals and big ints, as clients send
+
+
+@hsettings(max_examples=800, deadline=None)
+@given(st.lists(_message, min_size=1, max_size=6), st.floats(min_value=0, max_value=2e12))
+def test_compiled_decode_and_route_equals_decode_metrics_then_group(msgs, max_ts):
+    detectors = {"hosts": Detector(DetectorSpec(name="hosts", group_by=("host",))),
+                 "dcs": Detector(DetectorSpec(name="dcs", group_by=("dc",)))}
+    fast_router, ref_router = Router(detectors, partitions=4), Router(detectors, partitions=4)
+    raws = [_raw(m) for m in msgs]
+    for _round in range(2):  # the second round runs with every valid series cached
+        out: dict = {}
+        got_bad, ref_bad, ref_batch, n_fast = [], [], [], 0
+        for off, raw in enumerate(raws):
+            n, bad = fast_router.add_message(raw, off % 3, off, out, max_bytes=1 << 20, max_batch=5, max_ts=max_ts)
+            n_fast += n
+            got_bad += [(off, r.reason, r.error, r.original, r.batch_index) for r in bad]
+            good, rbad = decode_metrics(raw, max_bytes=1 << 20, max_batch=5, max_ts=max_ts)
+            ref_batch.append((off % 3, off, good))
+            ref_bad += [(off, r.reason, r.error, r.original, r.batch_index) for r in rbad]
+        assert got_bad == ref_bad
+        assert n_fast == sum(len(g) for _p, _o, g in ref_batch)
+        assert out == ref_router.group(ref_batch)
+        assert Router.encode(out) == ref_router.route(ref_batch)
+
+
+def test_samples_of_series_seen_valid_take_the_compiled_path(monkeypatch):
+    import stream.routing as routing
+
+    calls = []
+    real = routing.route_items
+    monkeypatch.setattr(routing, "route_items", lambda *a: calls.append(real(*a)) or calls[-1])
+    router = Router({"hosts": Detector(DetectorSpec(name="hosts", group_by=("host",)))}, partitions=4)
+    raw = orjson.dumps({"samples": _samples(20)})
+    first, second = {}, {}
+    assert router.add_message(raw, 0, 1, first, max_bytes=1 << 20, max_batch=100) == (40, [])
+    assert router.add_message(raw, 0, 1, second, max_bytes=1 << 20, max_batch=100) == (40, [])
+    assert calls == [0, 40]  # first sight: all by the Python path; then all compiled
+    assert first == second
