@@ -738,7 +738,8 @@ def run(cfg: Config, report_path: Path) -> dict:
                                "alert_timestamp_type": "LogAppendTime" if ts_types == {2} else str(ts_types)}
         t_ref = report["service"]
         report["latency_samples"] = [[round(x["t_close"] - t_run, 3),
-                                      round(x["latency_s"], 4), x["phase"]] for x in lat]
+                                      round(x["latency_s"], 4), x["phase"], f'{x["kind"]}/{x["status"]}']
+                                     for x in lat]
         tol = cfg.tolerance_windows * cfg.window
         report["detection"] = detection(alerts, wl, tol)
         p1 = [a for a in wl.anomalies if a.start < wl.ts(k1)]
