@@ -114,6 +114,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
         stream_wait_empty=False,
         table_cleanup_interval=60.0,
     )
+    # faust-streaming drops records fetched around a seek (after a rebalance): fixed consumer and a
+    # watchdog for stalled commits (stream.consumer_fix); its re-reads count as input re-reads
+    from stream.consumer_fix import install as install_consumer_fix
+    install_consumer_fix(app, on_reread=lambda tp, offset, reason: m.REREADS.labels(tp.topic).inc())
     pipe = Pipeline(s)
     app.pipeline = pipe  # type: ignore[attr-defined]
 
