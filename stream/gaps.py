@@ -60,3 +60,65 @@ class GapGuard:
         for tp in tps:
             self._last.pop(tp, None)
             self._retried.pop(tp, None)
+
+
+class StallWatch:
+    """Notice a partition whose offset commits stopped although records beyond them were read.
+
+    Called periodically with each assigned partition's consumer bookkeeping: ``committed`` (the
+    offset committed, i.e. the next one to read), the lowest acked offset not yet committed, the
+    offset last handed to the agents (``read``), the log end (``highwater``) and whether a record of
+    the partition is still being processed (``busy``). A partition is stuck when nothing of that
+    changed for ``patience`` checks in a row, nothing is being processed, and either the lowest
+    acked offset lies beyond the committed one (a hole: offsets never acked) or nothing is acked
+    although the consumer read beyond the committed offset and the log holds records there (the
+    hole is at the tail). :meth:`check` then returns the committed offset to seek back to, once
+    per committed offset: if a re-read did not fill the hole, those offsets hold no record
+    (transaction markers, aborted records) and the partition is left alone, so nothing seeks in
+    a loop. An idle partition (committed at the log end, or at the last record read with one
+    transaction marker after it under exactly_once) is never stuck.
+
+    >>> w = StallWatch(patience=2)
+    >>> [w.check("p", committed=931, acked_min=941, read=1799, highwater=1800) for _ in range(3)]
+    [None, 931, None]
+    >>> [w.check("p", committed=1800, acked_min=None, read=1799, highwater=1800) for _ in range(3)]  # idle
+    [None, None, None]
+    >>> [w.check("q", committed=900, acked_min=None, read=950, highwater=1000) for _ in range(2)]  # tail
+    [None, 900]
+    >>> [w.check("e", committed=101, acked_min=None, read=100, highwater=102) for _ in range(3)]  # marker
+    [None, None, None]
+    """
+
+    def __init__(self, patience: int = 3) -> None:
+        self.patience = patience
+        self._seen: dict[Hashable, tuple] = {}  # tp -> (state, checks in a row with that state)
+        self._reread_at: dict[Hashable, int] = {}  # tp -> committed offset a re-read started from
+
+    def check(self, tp: Hashable, *, committed: int | None, acked_min: int | None, read: int | None,
+              highwater: int | None, busy: bool = False) -> int | None:
+        """The offset to seek ``tp`` back to, or None."""
+        if committed is None or busy:
+            self._seen.pop(tp, None)
+            return None
+        hole = acked_min is not None and acked_min > committed
+        # (right after a seek ``read`` is the offset seeked to: nothing read yet)
+        tail = (acked_min is None and read is not None and read > committed
+                and highwater is not None and highwater > committed)
+        if not (hole or tail):
+            self._seen.pop(tp, None)
+            return None
+        state = (committed, acked_min, read)
+        prev = self._seen.get(tp)
+        n = prev[1] + 1 if prev is not None and prev[0] == state else 1
+        self._seen[tp] = (state, n)
+        if n < self.patience or self._reread_at.get(tp) == committed:
+            return None
+        self._reread_at[tp] = committed
+        self._seen.pop(tp, None)
+        return committed
+
+    def forget(self, tps) -> None:
+        """Partitions revoked: start over for them."""
+        for tp in tps:
+            self._seen.pop(tp, None)
+            self._reread_at.pop(tp, None)

@@ -155,6 +155,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
         table_cleanup_interval=60.0,
     )
     app.fetch_wait_ms = max(1, int(s.fetch_wait_seconds * 1000))  # type: ignore[attr-defined]
+    # faust-streaming drops records fetched around a seek (after a rebalance): fixed consumer and a
+    # watchdog for stalled commits (stream.consumer_fix); its re-reads count as input re-reads
+    from stream.consumer_fix import install as install_consumer_fix
+    install_consumer_fix(app, on_reread=lambda tp, offset, reason: m.REREADS.labels(tp.topic).inc())
     pipe = Pipeline(s)
     app.pipeline = pipe  # type: ignore[attr-defined]
 

@@ -1,0 +1,321 @@
+"""A fix for faust-streaming's consumer losing records around a seek (the "post-restart stall").
+
+Root cause (faust-streaming 0.15.3, confirmed by instrumenting a reproduction of the clean-restart
+test): after a rebalance, ``Recovery.on_recovery_completed`` resumes the stream partitions and then
+awaits ``Consumer.perform_seek()`` (seek to the committed offsets) while the fetcher keeps running
+(the flow was resumed for changelog recovery; faust-streaming#216 is the same window). So records
+fetched *before* a seek are still being handed to the agents *after* it:
+
+* ``perform_seek`` resets ``_read_offset`` to the committed offset underneath ``_drain_messages``,
+  which then resumes the stale batch: it records a bogus "gap" over offsets it had just delivered
+  (``_add_gap``), and advances ``_read_offset`` past the seek target again, so the records the
+  seek re-fetches are dropped as "below the read offset" (``DROPPED MESSAGE ROFF``);
+* the same happens to any later ``Consumer.seek`` made while a batch is being iterated (the
+  agents' own re-read of a hole, ``stream.gaps``): observed dropping 868 re-fetched records per
+  partition;
+* the gap fill then puts offsets into ``_acked`` twice; ``consecutive_numbers`` stops at a
+  duplicate, and the offset's ``_acked_index`` entry is cleared while a copy stays in ``_acked``.
+
+A record dropped this way is never acked; ``Consumer._new_offset`` then commits past a one-record
+hole (the record is lost) or never past a longer one (the committed offset stalls while later
+records are processed, until the worker restarts).
+
+:class:`SeekSafeConsumer` (installed on the app by :func:`install`) changes three things:
+
+1. every seek is stamped per partition; records of a partition fetched before its latest seek
+   (or while a ``perform_seek`` was in flight) are not delivered, and the drain loop (where no
+   fetch is in flight) seeks that partition again to its target, so aiokafka fetches from there;
+2. the read offset is not moved by a record whose partition was seeked while it was delivered;
+3. ``_new_offset`` de-duplicates the acked offsets (and keeps ``_acked_index`` in step).
+
+And, belt and braces, :func:`install` adds a timer (:class:`stream.gaps.StallWatch`) that seeks a
+partition back to its committed offset when its commits stop although records beyond it were read
+and none of them is still being processed: at most once per committed offset, so an idle
+partition, or offsets holding no record (transaction markers under exactly_once), never make it
+seek in a loop. Re-read records are skipped downstream (each entity's and model's stored source
+offsets), so a re-read is always safe.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator, Dict, List, Optional, Set, Tuple
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.types import TP
+from faust.utils.functional import consecutive_numbers
+
+from stream.gaps import StallWatch
+
+log = logging.getLogger("stream.consumer_fix")
+
+
+def seek_safe(base: type) -> type:
+    """A subclass of Faust's consumer class ``base`` with the fix (see the module docstring)."""
+
+    class SeekSafeConsumer(base):  # type: ignore[misc, valid-type]
+        # the three dicts are created lazily: Faust's __init__ is not overridden
+        _seek_seq: int = 0
+
+        def _seek_state(self) -> Tuple[Dict[TP, int], Dict[TP, Optional[int]], Set[TP]]:
+            try:
+                return self._seeked_at, self._seek_target, self._seeking
+            except AttributeError:
+                self._seeked_at: Dict[TP, int] = {}  # tp -> sequence number of its latest seek
+                self._seek_target: Dict[TP, Optional[int]] = {}  # tp -> offset of its latest seek
+                self._seeking: Set[TP] = set()  # a perform_seek is in flight for these
+                return self._seeked_at, self._seek_target, self._seeking
+
+        def _stamp(self, tp: TP, offset: Optional[int]) -> None:
+            seeked_at, target, _ = self._seek_state()
+            self._seek_seq += 1
+            seeked_at[tp] = self._seek_seq
+            target[tp] = offset
+
+        async def seek(self, partition: TP, offset: int) -> None:
+            await super().seek(partition, offset)  # synchronous inside: no fetch result interleaves
+            self._stamp(partition, offset)
+
+        async def perform_seek(self) -> None:
+            _, _, seeking = self._seek_state()
+            tps = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
+            seeking.update(tps)
+            try:
+                committed = await self.seek_to_committed()
+            finally:
+                seeking.difference_update(tps)
+            # as Faust's perform_seek
+            self._read_offset.update({tp: off if off is not None and off >= 0 else None
+                                      for tp, off in committed.items()})
+            self._committed_offset.update({tp: off if off else None
+                                           for tp, off in committed.items() if off is not None})
+            for tp, off in committed.items():
+                if off and off > 0:  # aiokafka seeks only these; the others kept their position
+                    self._stamp(tp, off)
+
+        def _new_offset(self, tp: TP) -> Optional[int]:
+            # Faust's, with the acked offsets de-duplicated after the gap fill (a duplicate ended
+            # the first consecutive run early and left the offset's _acked_index entry cleared
+            # while a copy stayed in _acked, so a later ack of it was ignored).
+            acked = self._acked[tp]
+            if not acked:
+                return None
+            gap_for_tp = self._gap[tp]
+            if gap_for_tp:
+                max_offset = max(acked)
+                candidates = sorted(gap_for_tp.overlap(0, max_offset), key=lambda x: x.begin)
+                if candidates:
+                    fill: List[int] = []
+                    for entry in candidates:
+                        fill.extend(range(entry.begin, entry.end))
+                    acked.extend(fill)
+                    gap_for_tp.chop(0, max(fill[-1], max_offset + 1))
+            acked[:] = sorted(set(acked))
+            committed = self._committed_offset[tp]
+            if committed and acked[0] - committed > 1:
+                return None  # Faust's rule: a hole at the head (StallWatch re-reads it)
+            batch = next(consecutive_numbers(acked))
+            acked[: len(batch)] = []
+            self._acked_index[tp].difference_update(batch)
+            return batch[-1] + 1
+
+        def repair_acks(self, tp: TP) -> None:
+            """Make ``_acked_index`` match ``_acked`` (before re-reading a hole: an index entry
+            without its list entry would make the re-read record's ack be ignored)."""
+            acked = self._acked.get(tp)
+            self._acked_index[tp] = set(acked) if acked else set()
+
+        async def _reseek(self, tp: TP, why: str) -> None:
+            """Seek ``tp`` again to its latest target, from the drain loop (no fetch in flight)."""
+            target = self._seek_state()[1].get(tp)
+            if target is None:
+                return
+            log.info("re-seeking %s/%d to %d: %s", tp.topic, tp.partition, target, why)
+            await self.seek(tp, target)
+
+        async def getmany(self, timeout: float) -> AsyncIterator[Tuple[TP, Any]]:
+            # Faust's getmany, plus: records of a partition seeked after this fetch began are
+            # not delivered (aiokafka fetches that partition again from the seek target).
+            seeked_at, _, seeking = self._seek_state()
+            fetch_seq = self._seek_seq
+            records, active_partitions = await self._wait_next_records(timeout)
+            generation_id = self.app.consumer_generation_id
+            if records is None or self.should_stop:
+                return
+            stale: Set[TP] = set()
+            records_it = self.scheduler.iterate(records)
+            to_message = self._to_message
+            if self.flow_active:
+                for tp, record in records_it:
+                    if not self.flow_active:
+                        break
+                    if self.app.consumer_generation_id != generation_id:
+                        break
+                    if tp in seeking or seeked_at.get(tp, 0) > fetch_seq:
+                        if tp not in stale:  # the first record of tp in this batch not delivered
+                            stale.add(tp)
+                            if tp in seeking:  # target unknown yet: the drain loop seeks once known
+                                self._pending_reseek().setdefault(tp, (record.offset, self._seek_seq))
+                            else:  # (this stamps tp again: the rest of the batch stays skipped)
+                                await self._reseek(tp, f"records from offset {record.offset} were fetched "
+                                                       f"before its latest seek")
+                        continue
+                    if (active_partitions is None or tp in active_partitions
+                            or tp in self._buffered_partitions):
+                        self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                        yield tp, to_message(tp, record)
+            else:
+                self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+                try:
+                    await self.perform_seek()
+                except Exception as ex:  # noqa: BLE001 - as Faust
+                    self.log.warning(f"exception performing seek when flow not active {ex}")
+
+        def _pending_reseek(self) -> Dict[TP, Tuple[int, int]]:
+            # tp -> (first offset not delivered, seek sequence number then): records skipped
+            # while a perform_seek was in flight
+            try:
+                return self._pending
+            except AttributeError:
+                self._pending: Dict[TP, Tuple[int, int]] = {}
+                return self._pending
+
+        async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - needs a broker
+            # Faust's _drain_messages, plus: the read offset is not moved by a record whose
+            # partition was seeked while it was being delivered, and partitions whose stale
+            # records were dropped during a perform_seek are seeked again once it is done.
+            callback = self.callback
+            getmany = self.getmany
+            consumer_should_stop = self._stopped.is_set
+            fetcher_should_stop = fetcher._stopped.is_set
+            get_read_offset = self._read_offset.__getitem__
+            set_read_offset = self._read_offset.__setitem__
+            set_flag = self.diag.set_flag
+            unset_flag = self.diag.unset_flag
+            commit_every = self._commit_every
+            acks_enabled_for = self.app.topics.acks_enabled_for
+            seeked_at, _, seeking = self._seek_state()
+            pending = self._pending_reseek()
+            yield_every = 100
+            num_since_yield = 0
+            sleep = asyncio.sleep
+            try:
+                while not (consumer_should_stop() or fetcher_should_stop()):
+                    set_flag(CONSUMER_FETCHING)
+                    for tp in [tp for tp in pending if tp not in seeking]:
+                        first, seq = pending.pop(tp)
+                        if tp not in self.assignment():
+                            continue
+                        if seeked_at.get(tp, 0) > seq:  # it was seeked: fetch from its target
+                            await self._reseek(tp, "records fetched while seeking to committed offsets "
+                                                   "were not delivered")
+                        else:  # not seeked (no committed offset): its position moved past them
+                            log.info("seeking %s/%d back to %d: records fetched while seeking to committed "
+                                     "offsets were not delivered", tp.topic, tp.partition, first)
+                            await self.seek(tp, first)
+                    ait = getmany(timeout=1.0)
+                    await self.sleep(0)
+                    if not self.should_stop:
+                        async for tp, message in ait:
+                            num_since_yield += 1
+                            if num_since_yield > yield_every:
+                                await sleep(0)
+                                num_since_yield = 0
+                            offset = message.offset
+                            r_offset = get_read_offset(tp)
+                            if r_offset is None or offset >= r_offset:
+                                gap = offset - (r_offset or 0)
+                                if gap > 1 and r_offset:
+                                    if acks_enabled_for(message.topic):
+                                        await self._add_gap(tp, r_offset + 1, offset)
+                                if commit_every is not None:
+                                    if self._n_acked >= commit_every:
+                                        self._n_acked = 0
+                                        await self.commit()
+                                seq = seeked_at.get(tp, 0)
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                                if seeked_at.get(tp, 0) == seq and tp not in seeking:
+                                    set_read_offset(tp, offset)
+                            else:
+                                self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key,
+                                             message.value)
+                        unset_flag(CONSUMER_FETCHING)
+            except self.consumer_stopped_errors:
+                if self.transport.app.should_stop:
+                    self.log.info("Broker stopped consumer, shutting down...")
+                    return
+                raise
+            except asyncio.CancelledError:
+                if self.transport.app.should_stop:
+                    self.log.info("Consumer shutting down for user cancel.")
+                    return
+                raise
+            except Exception as exc:
+                self.log.exception("Drain messages raised: %r", exc)
+                raise
+            finally:
+                unset_flag(CONSUMER_FETCHING)
+
+    return SeekSafeConsumer
+
+
+def install(app: Any, *, interval: float = 5.0, patience: int = 6, on_reread: Any = None) -> StallWatch:
+    """Make ``app`` use :class:`SeekSafeConsumer` and add the stall watchdog timer.
+
+    Call right after creating the app (before anything creates its consumer). ``on_reread(tp,
+    offset, reason)`` is called for each partition the watchdog seeks back (metrics)."""
+    transport = app.transport
+    if app._consumer is not None:  # created already: switch the instance's class
+        app._consumer.__class__ = seek_safe(type(app._consumer))
+    else:
+        transport.Consumer = seek_safe(transport.Consumer)
+    watch = StallWatch(patience=patience)
+    last_progress: list = [None]
+
+    @app.on_partitions_revoked.connect
+    async def _forget_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        watch.forget(revoked)
+
+    @app.timer(interval=interval)
+    async def stalled_partitions_watchdog() -> None:
+        """Seek a partition back to its committed offset when its commits stopped with records
+        beyond it read but never acked (see stream.gaps.StallWatch and this module)."""
+        consumer = app.consumer
+        if app.rebalancing or not consumer.flow_active or app.should_stop:
+            return
+        recovery = getattr(app.tables, "recovery", None)
+        if recovery is not None and not recovery.completed.is_set():
+            return
+        unacked = {m.tp for m in list(consumer._unacked_messages) if not m.acked}
+        progress = (sum(o or 0 for o in consumer._committed_offset.values()),
+                    sum(len(a) for a in consumer._acked.values()))
+        # nothing acked anywhere since the last check while records are in process: the agents are
+        # slow or blocked, not the consumer: judge no partition now
+        stalled_agents = bool(unacked) and progress == last_progress[0]
+        last_progress[0] = progress
+        if stalled_agents:
+            return
+        for tp in sorted(consumer.assignment()):
+            if consumer._is_changelog_tp(tp) or not app.topics.acks_enabled_for(tp.topic):
+                continue
+            acked = consumer._acked.get(tp)
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not known yet
+                highwater = None
+            committed = consumer._committed_offset.get(tp)
+            back = watch.check(tp, committed=committed, acked_min=min(acked) if acked else None,
+                               read=consumer._read_offset.get(tp), highwater=highwater, busy=tp in unacked)
+            if back is None:
+                continue
+            reason = (f"offsets {back}..{min(acked) - 1} were never acked" if acked
+                      else f"offsets from {back} were read (to {consumer._read_offset.get(tp)}) but never acked")
+            log.warning("partition %s/%d: commits stopped at %d (%s; log end %s): reading from %d again",
+                        tp.topic, tp.partition, back, reason, highwater, back)
+            if on_reread is not None:
+                on_reread(tp, back, reason)
+            if hasattr(consumer, "repair_acks"):
+                consumer.repair_acks(tp)
+            await consumer.seek(tp, back)
+
+    return watch

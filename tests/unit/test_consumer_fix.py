@@ -1,0 +1,202 @@
+"""The fix for records Faust's consumer loses around a seek, and the stalled-commit watchdog
+(stream.consumer_fix, stream.gaps.StallWatch): pure logic and a consumer double, no broker."""
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+
+from faust.types import TP
+from intervaltree import IntervalTree
+
+from stream.consumer_fix import seek_safe
+from stream.gaps import StallWatch
+
+A, B = TP("t", 0), TP("t", 1)
+
+
+# --------------------------------------------------------------------------- StallWatch
+
+def test_a_hole_below_acked_offsets_is_read_again_once_after_patience():
+    w = StallWatch(patience=3)
+    args = dict(committed=931, acked_min=941, read=1799, highwater=1800)
+    assert [w.check(A, **args) for _ in range(5)] == [None, None, 931, None, None]
+    # the re-read did not help (offsets without records): never again from the same offset
+    assert [w.check(A, **args) for _ in range(5)] == [None] * 5
+    # commits moved on and stopped again later: a new hole, one new re-read
+    later = dict(committed=2000, acked_min=2005, read=2500, highwater=2600)
+    assert [w.check(A, **later) for _ in range(3)] == [None, None, 2000]
+
+
+def test_a_hole_at_the_tail_is_read_again():
+    w = StallWatch(patience=2)
+    assert [w.check(A, committed=900, acked_min=None, read=950, highwater=1000) for _ in range(2)] == [None, 900]
+
+
+def test_idle_partitions_never_seek():
+    w = StallWatch(patience=1)
+    for _ in range(10):
+        # at-least-once at rest: committed at the log end
+        assert w.check(A, committed=1800, acked_min=None, read=1799, highwater=1800) is None
+        # exactly_once at rest: a transaction marker after the last record (lag 1)
+        assert w.check(B, committed=101, acked_min=None, read=100, highwater=102) is None
+        # just seeked (read = the offset seeked to), nothing fetched yet
+        assert w.check(TP("t", 2), committed=50, acked_min=None, read=50, highwater=80) is None
+        # nothing committed yet
+        assert w.check(TP("t", 3), committed=None, acked_min=5, read=9, highwater=80) is None
+
+
+def test_progress_or_a_record_in_process_resets_the_patience():
+    w = StallWatch(patience=3)
+    assert w.check(A, committed=10, acked_min=20, read=30, highwater=40) is None
+    assert w.check(A, committed=10, acked_min=20, read=31, highwater=40) is None  # still reading
+    assert w.check(A, committed=10, acked_min=20, read=31, highwater=40, busy=True) is None
+    assert w.check(A, committed=10, acked_min=20, read=31, highwater=40) is None
+    assert w.check(A, committed=10, acked_min=20, read=31, highwater=40) is None
+    assert w.check(A, committed=10, acked_min=20, read=31, highwater=40) == 10
+
+
+def test_forget_starts_over_for_revoked_partitions():
+    w = StallWatch(patience=1)
+    assert w.check(A, committed=10, acked_min=20, read=30, highwater=40) == 10
+    assert w.check(A, committed=10, acked_min=20, read=30, highwater=40) is None
+    w.forget([A])
+    assert w.check(A, committed=10, acked_min=20, read=30, highwater=40) == 10
+
+
+# --------------------------------------------------------------------------- SeekSafeConsumer
+
+class FakeConsumer:
+    """The parts of faust's Consumer that the fix's getmany / seeks / _new_offset use."""
+
+    def __init__(self, batches, committed):
+        self.batches = list(batches)  # what each fetch returns: {tp: [offsets]}
+        self.committed = committed
+        self.seeks: list[tuple[TP, int]] = []
+        self.flow_active = True
+        self.should_stop = False
+        self._buffered_partitions = set()
+        self._read_offset = defaultdict(lambda: None)
+        self._committed_offset = defaultdict(lambda: None)
+        self._acked = defaultdict(list)
+        self._acked_index = defaultdict(set)
+        self._gap = defaultdict(IntervalTree)
+        self.app = SimpleNamespace(consumer_generation_id=1,
+                                   monitor=SimpleNamespace(track_tp_end_offset=lambda tp, hw: None))
+        self.scheduler = SimpleNamespace(iterate=lambda recs: ((tp, r) for tp, rs in recs.items() for r in rs))
+        self.on_fetch = None
+
+    def assignment(self):
+        return {A, B}
+
+    def _is_changelog_tp(self, tp):
+        return False
+
+    def highwater(self, tp):
+        return 10_000
+
+    def _to_message(self, tp, record):
+        return (tp, record.offset)
+
+    async def _wait_next_records(self, timeout):
+        if self.on_fetch is not None:
+            await self.on_fetch()
+        batch = self.batches.pop(0) if self.batches else {}
+        return {tp: [SimpleNamespace(offset=o) for o in offs] for tp, offs in batch.items()}, {A, B}
+
+    async def seek_to_committed(self):
+        await asyncio.sleep(0)
+        for tp, off in self.committed.items():
+            self.seeks.append((tp, off))
+        return dict(self.committed)
+
+    async def seek(self, partition, offset):
+        self.seeks.append((partition, offset))
+        self._read_offset[partition] = offset if offset else None
+
+
+Consumer = seek_safe(FakeConsumer)
+
+
+async def _drain(c, interleave=None):
+    out = []
+    async for tp, msg in c.getmany(timeout=1.0):
+        out.append(msg)
+        if interleave is not None:
+            await interleave(msg)
+    return out
+
+
+def test_records_fetched_before_a_seek_are_not_delivered_and_the_partition_is_seeked_again():
+    c = Consumer([{A: [940, 941, 942], B: [500, 501, 502]}], committed={})
+
+    async def gapguard_seeks_back(msg):  # an agent seeks A back while the batch is being delivered
+        if msg == (A, 940):
+            await c.seek(A, 931)
+
+    got = asyncio.run(_drain(c, gapguard_seeks_back))
+    # A's rest of the stale batch is not delivered (before the fix: 941, 942 delivered, the read
+    # offset moved to 942 and the re-fetched 931..941 were dropped); B is untouched
+    assert got == [(A, 940), (B, 500), (B, 501), (B, 502)]
+    # and A is seeked to the same target again from the drain loop (no fetch in flight)
+    assert c.seeks == [(A, 931), (A, 931)]
+    assert c._read_offset[A] == 931
+
+
+def test_records_fetched_while_seeking_to_committed_offsets_wait_for_the_seek():
+    c = Consumer([{A: [900, 901], B: [7, 8]}], committed={A: 900, B: None})
+
+    async def recovery_seeks_meanwhile():  # Recovery's perform_seek runs while the fetch is in flight
+        c.on_fetch = None
+        task = asyncio.ensure_future(c.perform_seek())
+        await asyncio.sleep(0)
+        assert A in c._seeking  # the seek is in flight when the batch comes back
+        c._task = task
+
+    c.on_fetch = recovery_seeks_meanwhile
+    got = asyncio.run(_run_then_finish(c))
+    assert got == []  # neither partition delivered while its seek was in flight
+    # afterwards: A (seeked to its committed offset) re-seeked there; B (no committed offset, not
+    # seeked by aiokafka: its position moved past 7, 8) seeked back to the first one not delivered
+    assert c.seeks[-2:] == [(A, 900), (B, 7)] or c.seeks[-2:] == [(B, 7), (A, 900)]
+    assert c._committed_offset[A] == 900 and c._read_offset[A] == 900 and c._read_offset[B] == 7
+
+
+async def _run_then_finish(c):
+    got = await _drain(c)
+    await c._task
+    for tp, (first, seq) in list(c._pending_reseek().items()):  # what _drain_messages does next
+        c._pending_reseek().pop(tp)
+        if c._seeked_at.get(tp, 0) > seq:
+            await c._reseek(tp, "test")
+        else:
+            await c.seek(tp, first)
+    return got
+
+
+def test_new_offset_ignores_duplicate_acks_from_the_gap_fill():
+    c = Consumer([], committed={})
+    c._committed_offset[A] = 900
+    c._acked[A] = [900, 901, 902, 903, 905]
+    c._acked_index[A] = set(c._acked[A])
+    c._gap[A].addi(901, 905)  # a bogus gap over offsets that were delivered and acked: 901..904
+    assert c._new_offset(A) == 906  # Faust's stops at the first duplicate (returns 902)
+    assert c._acked[A] == [] and c._acked_index[A] == set()
+
+
+def test_new_offset_keeps_fausts_rule_for_holes():
+    c = Consumer([], committed={})
+    c._committed_offset[A] = 931
+    c._acked[A] = [941, 942]
+    c._acked_index[A] = {941, 942}
+    assert c._new_offset(A) is None  # a hole of >= 2 at the head: not committed past (re-read)
+    c._acked[A] = [932, 933]  # one offset (an exactly_once transaction marker): committed past
+    assert c._new_offset(A) == 934
+
+
+def test_repair_acks_drops_index_entries_without_an_acked_offset():
+    c = Consumer([], committed={})
+    c._acked[A] = [941]
+    c._acked_index[A] = {931, 932, 941}  # 931, 932 would make their re-read acks be ignored
+    c.repair_acks(A)
+    assert c._acked_index[A] == {941}
