@@ -33,6 +33,8 @@ DEF C_PART = 14
 DEF NCOL = 15
 
 NCOLS = NCOL
+_FIELDS = ("count", "mean", "std", "min", "max", "median", "iqr", "delta", "slope",
+           "first_ts", "last_ts", "first_offset", "last_offset", "partition")  # window.SUMMARY_FIELDS
 
 
 cdef inline unsigned long long _mix(unsigned long long x) nogil:
@@ -117,6 +119,41 @@ cdef class WindowAccumulators:
         return (int(n), a[slot, C_MEAN], std, a[slot, C_MIN], a[slot, C_MAX], float(med), float(q3 - q1),
                 a[slot, C_LAST_V] - a[slot, C_FIRST_V], slope, a[slot, C_FIRST_T], a[slot, C_LAST_T],
                 int(a[slot, C_FIRST_OFF]), int(a[slot, C_LAST_OFF]), int(a[slot, C_PART]))
+
+    def take_summary(self, long slot):
+        """:meth:`summary` as a dict keyed by ``window.SUMMARY_FIELDS``, then release the slot.
+
+        The same values (and types) as ``dict(zip(SUMMARY_FIELDS, summary(slot)))`` followed by
+        ``release(slot)``, built in one call (once per metric of every closed window).
+        """
+        cdef double[:, ::1] a = self.acc
+        cdef double n = a[slot, C_N]
+        cdef int k, i
+        cdef double tmp[256]
+        cdef double q1, med, q3, std, slope
+        if n == 0:
+            out = dict(zip(_FIELDS, self.summary(slot)))
+            self.release(slot)
+            return out
+        k = <int>min(n, self.buffer_size)
+        k = min(k, 256)
+        for i in range(k):
+            tmp[i] = self.buf[slot, i]
+        _insertion_sort(tmp, k)
+        q1 = _quantile_sorted(tmp, k, 0.25)
+        med = _quantile_sorted(tmp, k, 0.5)
+        q3 = _quantile_sorted(tmp, k, 0.75)
+        std = sqrt(a[slot, C_M2] / n)
+        slope = a[slot, C_C_TV] / a[slot, C_M2_T] if a[slot, C_M2_T] > 0 else 0.0
+        out = {"count": int(n), "mean": a[slot, C_MEAN], "std": std, "min": a[slot, C_MIN],
+               "max": a[slot, C_MAX], "median": med, "iqr": q3 - q1,
+               "delta": a[slot, C_LAST_V] - a[slot, C_FIRST_V], "slope": slope,
+               "first_ts": a[slot, C_FIRST_T], "last_ts": a[slot, C_LAST_T],
+               "first_offset": int(a[slot, C_FIRST_OFF]), "last_offset": int(a[slot, C_LAST_OFF]),
+               "partition": int(a[slot, C_PART])}
+        self._free.append(slot)
+        self.used -= 1
+        return out
 
     def get_state(self, long slot):
         """The slot's accumulator row and buffer as one float64 array (for durable state)."""

@@ -51,6 +51,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from stream.detect import _standardize
+from stream.detect._standardize import count_below
 from stream.detect.models import make_model, model_from_bytes
 from stream.detect.spec import DetectorSpec
 from stream.detect.window import ClosedWindow, WindowStore
@@ -85,7 +87,7 @@ def alert_id(*parts: Any) -> str:
 
 
 class _Entity:
-    __slots__ = ("id", "labels", "lane", "mean", "var", "n_normal", "n_windows", "model", "scores", "expected",
+    __slots__ = ("id", "labels", "lane", "base", "n_normal", "n_windows", "model", "scores", "expected",
                  "incident", "normal_streak", "cooldown_until", "adwins", "last_end", "gap_flagged", "metrics",
                  "last_seen", "cursor", "mlast", "mwin", "gap", "watch", "zpeak")
 
@@ -93,8 +95,7 @@ class _Entity:
         self.id = eid
         self.labels = labels
         self.lane = lane
-        self.mean: dict[str, float] = {}
-        self.var: dict[str, float] = {}
+        self.base = _standardize.Baseline()  # per-feature EWMA mean / variance (C arrays)
         self.n_normal = 0
         self.n_windows = 0
         self.model = None
@@ -114,6 +115,16 @@ class _Entity:
         self.gap: dict | None = None  # the open missing_data incident
         self.watch: float | None = None  # deadline of its entry in the lane's silence heap
         self.zpeak = 0.0  # decaying peak of the largest |z| over recent normal windows
+
+    @property
+    def mean(self) -> dict[str, float]:
+        """The baseline means, ``{"metric:feature": mean}`` (a copy, in baseline order)."""
+        return self.base.mean_dict()
+
+    @property
+    def var(self) -> dict[str, float]:
+        """The baseline variances, ``{"metric:feature": variance}`` (a copy, in baseline order)."""
+        return self.base.var_dict()
 
 
 class Detector:
@@ -140,6 +151,8 @@ class Detector:
         # "anomalous", "firing", "warm", "max_z", "path", "imputed"}; "firing" is whether the
         # entity's incident is open after this window. It only reads; None (the default) costs nothing.
         self.on_window = None
+        self._fkeys: dict[str, tuple[str, ...]] = {}  # metric -> its "metric:feature" keys (spec order)
+        self._feats = tuple(spec.features)
 
     # ------------------------------------------------------------------------ gaps
     def _ws(self, ts: float) -> float:
@@ -199,10 +212,16 @@ class Detector:
             ent.last_seen = ts
         if ent.watch is None and self.spec.missing_after_windows > 0:
             self._watch(ent)  # armed until a watermark finds it silent (re-armed by its next sample)
-        if not self.windows.add(eid, metric, ts, value, offset, partition, lane):
+        windows = self.windows
+        if not windows.add(eid, metric, ts, value, offset, partition, lane):
             self.late += 1
-        if eid in self.windows.starts:
-            out += self._emit(self.windows.close_entity(eid, ent.last_seen))
+        # close the windows the entity's own event time has passed (the test of close_entity,
+        # inline: most samples close nothing)
+        rec = windows.entities.get(eid)
+        if rec is not None:
+            starts = rec.starts
+            if starts and starts[0] <= ent.last_seen - windows.size - windows.lateness:
+                out += self._emit(windows.close_entity(eid, ent.last_seen))
         return out
 
     def _on_return(self, ent: _Entity, metric: str, prev: float, ts: float, offset: int, partition: int) -> list[dict]:
@@ -359,20 +378,19 @@ class Detector:
         return alerts
 
     def _features(self, ent: _Entity, w: ClosedWindow) -> dict[str, float]:
-        feats: dict[str, float] = {}
-        for metric in sorted(w.summary):
-            s = w.summary[metric]
-            exp = ent.expected.get(metric)
-            for f in self.spec.features:
-                if f == "availability":
-                    v = min(1.0, s["count"] / exp) if exp else 1.0
-                else:
-                    v = float(s[f])
-                if not math.isfinite(v):
-                    self.invalid_features += 1
-                    continue  # NaN / inf never reach a model: treated as missing, counted
-                feats[f"{metric}:{f}"] = v
+        # metrics sorted, spec features in order; availability = count / expected count (capped
+        # at 1); NaN / inf never reach a model: treated as missing, counted (compiled kernel)
+        feats, bad = ent.base.features(w.summary, ent.expected, self._feats, self._fkeys)
+        if bad:
+            self.invalid_features += bad
         return feats
+
+    def _keys(self, metric: str) -> tuple[str, ...]:
+        """The metric's ``"metric:feature"`` keys in spec feature order (built once per metric)."""
+        keys = self._fkeys.get(metric)
+        if keys is None:
+            keys = _standardize.feature_keys(self._fkeys, metric, self._feats)
+        return keys
 
     def _impute(self, ent: _Entity, w: ClosedWindow, gap: int) -> tuple[dict[str, float], dict]:
         """Baseline values for the features of metrics missing from a short gap, and the gap facts.
@@ -396,6 +414,7 @@ class Detector:
         summary = w.summary
         if gap == 0 and ent.expected.keys() <= summary.keys():
             return imp, info  # nothing missing (the common case)
+        base_get = ent.base.get
         for m in ent.expected:
             if m in summary:
                 continue
@@ -405,9 +424,8 @@ class Detector:
             run = int(round((w.end - last) / size))
             if run > spec.impute_max_windows:
                 continue
-            for f in spec.features:
-                k = f"{m}:{f}"
-                b = ent.mean.get(k)
+            for k in self._keys(m):
+                b = base_get(k)
                 if b is not None:
                     imp[k] = b
         if imp:
@@ -450,47 +468,31 @@ class Detector:
         else:
             feats = obs
         # --- standardize against the entity's baseline --------------------------------------------
-        z: dict[str, float] = {}
         thr = spec.threshold
-        zmax, zfeat, n_z = 0.0, None, 0  # largest |z| among tested features, and how many were tested
-        # x: z squashed into [0, 1] for the trees; d2: the window's squared distance from baseline.
-        # One pass with plain comparisons (no max/min/abs calls): this loop runs for every feature
-        # of every closed window and was the engine's largest cost.
-        x: dict[str, float] = {}
-        d2 = 0.0
-        mean_get, var = ent.mean.get, ent.var
-        sqrt, inv_scale = math.sqrt, 1.0 / _Z_SCALE
-        for k, v in obs.items():
-            m = mean_get(k)
-            if m is None:
-                z[k] = 0.0
-                x[k] = 0.5
-                continue
-            sd = sqrt(var[k])
-            am = m if m >= 0.0 else -m
-            floor = 1e-3 * (am if am > 1e-9 else 1e-9) + 1e-9  # a constant feature still gets a finite z
-            zk = z[k] = (v - m) / (sd if sd > floor else floor)
-            d2 += zk * zk
-            t = 0.5 + zk * inv_scale
-            x[k] = 0.0 if t < 0.0 else (1.0 if t > 1.0 else t)
-            if sd > floor:  # n_z (the Bonferroni count) includes non-degenerate presence features
-                n_z += 1
-                a = zk if zk >= 0.0 else -zk
-                if a > zmax and not k.endswith(_PRESENCE_FEATURES):
-                    zmax, zfeat = a, k
+        # z of every observed feature against the baseline (0 without one); x: z squashed into
+        # [0, 1] for the trees; d2: the window's squared distance from baseline; zmax / zfeat:
+        # the largest |z| among tested features (presence features excluded), n_z: how many
+        # were tested (std above a floor relative to the mean). One compiled pass
+        # (stream/detect/_standardize.pyx, the Python rule in tests/unit/test_standardize.py).
+        x, d2, zmax, zfeat, n_z = ent.base.standardize(_PRESENCE_FEATURES)
         for k in imp:
-            z[k] = 0.0
             x[k] = 0.5
+
+        def zs() -> dict[str, float]:  # the z of every feature (imputed: 0), built only for an alert
+            z = ent.base.z_dict()
+            for k in imp:
+                z[k] = 0.0
+            return z
         warm = ent.n_normal >= spec.warmup_windows
         if ent.model is None:
             ent.model = make_model(spec.model)
         score = float(ent.model.score_one(x)) if warm else 0.0
         scores = ent.scores
-        grade = (sum(map(score.__gt__, scores)) / len(scores)) if (warm and scores) else 0.0  # share below
+        grade = (count_below(scores, score) / len(scores)) if (warm and scores) else 0.0  # share below
         # distance from baseline: sum of squared z against the chi-square tail (a window must be
         # improbable as a whole, not only rank high among recent scores); imputed features carry
         # no evidence, so they count in neither the sum nor the degrees of freedom
-        dof = len(z) - len(imp)
+        dof = len(obs)
         multi = (warm and grade >= thr.grade and score >= thr.score_floor
                  and d2 >= _chi2_isf(thr.distance_p, dof))
         z_crit = _z_crit(thr.feature_p, n_z) if (warm and thr.feature_p > 0) else math.inf
@@ -514,7 +516,7 @@ class Detector:
         if anomalous:
             ent.normal_streak = 0
             if ent.incident is None and w.start >= ent.cooldown_until:
-                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap, info, decision())
+                a = self._alert(ent, w, "anomaly", "firing", feats, zs(), score, grade, gap, info, decision())
                 ent.incident = {"id": a["alert_id"], "start": w.start}
                 out.append(a)
         else:
@@ -524,7 +526,7 @@ class Detector:
             near = d2 < _chi2_isf(_RESOLVE_P, max(1, dof))
             ent.normal_streak = ent.normal_streak + 1 if near else 0
             if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
-                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap, info, decision())
+                a = self._alert(ent, w, "anomaly", "resolved", feats, zs(), score, grade, gap, info, decision())
                 a["incident_id"] = ent.incident["id"]
                 out.append(a)
                 ent.incident = None
@@ -548,7 +550,7 @@ class Detector:
         if not anomalous and (ent.incident is None or ent.normal_streak > 0 or not warm):
             if not imp:
                 ent.model.learn_one(x)
-            self._update_baseline(ent, obs)
+            self._update_baseline(ent)
             if ent.n_normal > max(2, spec.warmup_windows // 2):  # the baseline's std means something by now
                 d = ent.zpeak * self._zdecay
                 ent.zpeak = zmax if zmax > d else d
@@ -568,19 +570,11 @@ class Detector:
                                "path": path, "imputed": info.get("imputed", [])})
         return out
 
-    def _update_baseline(self, ent: _Entity, feats: dict[str, float]) -> None:
+    def _update_baseline(self, ent: _Entity) -> None:
+        """Learn the entity's last window vector (the one :meth:`_features` computed) into its baseline."""
         a = self.alpha if ent.n_normal >= self.spec.warmup_windows else 1.0 / (ent.n_normal + 1)
-        mean, var = ent.mean, ent.var
-        b = 1.0 - a
-        for k, v in feats.items():
-            m = mean.get(k)
-            if m is None:
-                mean[k] = v
-                var[k] = 0.0
-                continue
-            d = v - m
-            mean[k] = m + a * d
-            var[k] = b * (var[k] + a * d * d)
+        # mean <- m + a (v - m), var <- (1 - a)(var + a (v - m)^2); a new feature starts at its value
+        ent.base.learn(a)
         ent.n_normal += 1
 
     def _drift(self, ent: _Entity, w: ClosedWindow, feats: dict[str, float], info: dict | None = None) -> dict | None:
@@ -600,7 +594,7 @@ class Detector:
                 # statistically significant is not enough: the shift must matter against the
                 # metric's own sample noise (its baseline within-window std), or a slow daily
                 # pattern would be reported as drift all day long
-                noise = ent.mean.get(f"{metric}:std") or 0.0
+                noise = ent.base.get(f"{metric}:std") or 0.0
                 effect = abs(ad.estimation - before) / max(noise, 1e-9 * max(abs(before), 1.0))
                 if effect >= self.spec.drift_min_effect:
                     changed.append({"metric": metric, "before_mean": before, "after_mean": ad.estimation,
@@ -617,14 +611,15 @@ class Detector:
         a["threshold"] = {"adwin_delta": self.spec.drift_delta, "min_effect": self.spec.drift_min_effect}
         # the new normal: re-warm the model and the baseline instead of alerting on it for ever
         ent.model = make_model(self.spec.model)
-        ent.mean.clear(); ent.var.clear(); ent.n_normal = 0; del ent.scores[:]
+        ent.base.clear(); ent.n_normal = 0; del ent.scores[:]
         ent.adwins.clear()
         ent.zpeak = 0.0
         return a
 
     # ------------------------------------------------------------------------ alerts
     def _baseline(self, ent: _Entity, feats: dict[str, float]) -> dict:
-        return {k: {"mean": ent.mean[k], "std": math.sqrt(ent.var[k])} for k in feats if k in ent.mean}
+        base = ent.base
+        return {k: {"mean": base.get(k), "std": math.sqrt(base.get_var(k))} for k in feats if k in base}
 
     def _base(self, ent: _Entity, w: ClosedWindow, kind: str, status: str, info: dict | None = None) -> dict:
         spec = self.spec
@@ -670,12 +665,13 @@ class Detector:
         spec = self.spec
         a = self._base(ent, w, kind, status, info)
         imputed = set((info or {}).get("imputed", ()))
+        base = ent.base
         total = sum(abs(v) for v in z.values()) or 1.0
         attribution = sorted(
             ({"feature": k, "share": abs(z[k]) / total,
               "direction": "high" if z[k] > 1 else "low" if z[k] < -1 else "normal",
               "value": feats[k], "z": z[k], "imputed": k in imputed,
-              "baseline": {"mean": ent.mean.get(k), "std": math.sqrt(ent.var[k]) if k in ent.var else None}}
+              "baseline": {"mean": base.get(k), "std": math.sqrt(base.get_var(k)) if k in base else None}}
              for k in z),
             key=lambda r: -r["share"],
         )
@@ -707,7 +703,7 @@ class Detector:
 
         ent = self.entities[eid]
         body = {
-            "labels": ent.labels, "lane": ent.lane, "mean": ent.mean, "var": ent.var, "n_normal": ent.n_normal,
+            "labels": ent.labels, "lane": ent.lane, "mean": ent.base.mean_dict(), "var": ent.base.var_dict(), "n_normal": ent.n_normal,
             "n_windows": ent.n_windows, "scores": list(ent.scores), "expected": ent.expected,
             "incident": ent.incident, "normal_streak": ent.normal_streak,
             "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
@@ -736,7 +732,7 @@ class Detector:
         self.drop(eid)
         eid = sys.intern(eid)
         ent = self.entities[eid] = _Entity(eid, body["labels"], body["lane"])
-        ent.mean, ent.var = body["mean"], body["var"]
+        ent.base.load(body["mean"], body["var"])
         ent.n_normal, ent.n_windows = body["n_normal"], body["n_windows"]
         ent.scores = array("d", body["scores"])
         ent.expected, ent.incident, ent.normal_streak = body["expected"], body["incident"], body["normal_streak"]
