@@ -168,15 +168,16 @@ cdef class Baseline:
         return t
 
     # -- the per-window passes ----------------------------------------------------------------
-    def features(self, dict summary, dict expected, tuple feats, dict cache):
+    def features(self, dict summary, dict expected, tuple feats, dict cache, bint build=True):
         """``({"metric:feature": value}, number of non-finite values left out)`` of one window.
 
         Metrics in sorted order, features in ``feats`` order; ``availability`` is the window's
         count over the metric's expected count, capped at 1 (1 without an expectation). A NaN or
         infinite value never reaches a model: it is left out (treated as missing) and counted.
-        The vector is also kept for :meth:`standardize` and :meth:`learn`.
+        The vector is also kept for :meth:`standardize` and :meth:`learn`; with ``build=False``
+        the dict is not built (``None``; :meth:`obs_dict` builds it later).
         """
-        cdef dict obs = {}
+        cdef dict obs = {} if build else None
         cdef Py_ssize_t n_bad = 0, j, nf = len(feats), n = 0
         cdef tuple keys, pos
         cdef dict s
@@ -210,7 +211,8 @@ cdef class Baseline:
                 if not isfinite(v):
                     n_bad += 1
                     continue
-                PyDict_SetItem(obs, keys[j], v)
+                if build:
+                    PyDict_SetItem(obs, keys[j], v)
                 self.opos[n] = <int> (<Py_ssize_t> pos[j])
                 self.oval[n] = v
                 n += 1
@@ -257,6 +259,19 @@ cdef class Baseline:
                     zfeat = k
         self.zn = self.on
         return x, d2, zmax, zfeat, n_z
+
+    @property
+    def n_obs(self):
+        """The number of features in the last vector."""
+        return self.on
+
+    def obs_dict(self):
+        """``{key: value}`` of the last vector (what :meth:`features` returned), in vector order."""
+        cdef dict out = {}
+        cdef Py_ssize_t i
+        for i in range(self.on):
+            PyDict_SetItem(out, self.keys[self.opos[i]], self.oval[i])
+        return out
 
     def z_dict(self):
         """``{key: z}`` of the last :meth:`standardize`, in vector order."""

@@ -81,6 +81,40 @@ def _z_crit(p: float, n: int) -> float:
     return float(norm.isf(p / (2 * max(n, 1))))
 
 
+_ADWIN = None
+
+
+def _adwin():
+    """river's ADWIN class (imported at the first use)."""
+    global _ADWIN
+    if _ADWIN is None:
+        from river.drift import ADWIN
+
+        _ADWIN = ADWIN
+    return _ADWIN
+
+
+def _adwin_step(ad, v: float) -> tuple[float, bool]:
+    """``(ad.estimation, then ad.update(v) and ad.drift_detected)`` for a river ADWIN.
+
+    Through river's compiled helper when ``ad`` is a plain river ADWIN (the calls its update and
+    properties make, in the same order, without three Python property calls per update: this
+    runs for every metric of every normal window); through the public API otherwise.
+    """
+    h = ad.__dict__.get("_helper") if type(ad) is _ADWIN else None
+    if h is None or "_drift_detected" not in ad.__dict__:
+        before = ad.estimation
+        ad.update(v)
+        return before, ad.drift_detected
+    width = h.get_width()
+    before = 0.0 if width == 0 else h.get_total() / width  # ADWIN.estimation
+    if ad._drift_detected:  # ADWIN.update: a detector that detected starts over
+        ad._reset()
+        h = ad._helper
+    ad._drift_detected = detected = h.update(v)
+    return before, detected
+
+
 def alert_id(*parts: Any) -> str:
     """Deterministic id: the same (detector, entity, window, kind) always gives the same id."""
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
@@ -153,6 +187,7 @@ class Detector:
         self.on_window = None
         self._fkeys: dict[str, tuple[str, ...]] = {}  # metric -> its "metric:feature" keys (spec order)
         self._feats = tuple(spec.features)
+        self._has_mean = "mean" in self._feats
 
     # ------------------------------------------------------------------------ gaps
     def _ws(self, ts: float) -> float:
@@ -459,14 +494,20 @@ class Detector:
         ent.last_end = w.end
         ent.gap_flagged = False
         ent.n_windows += 1
-        obs = self._features(ent, w)
+        base = ent.base
+        # the window's feature vector (kept by the baseline; its dict is built only for an alert)
+        _, bad = base.features(w.summary, ent.expected, self._feats, self._fkeys, False)
+        if bad:
+            self.invalid_features += bad  # NaN / inf never reach a model: treated as missing, counted
         imp, info = self._impute(ent, w, gap)
         if imp:
-            feats = dict(obs)
-            feats.update(imp)
             self.imputed_features += len(imp)
-        else:
-            feats = obs
+
+        def features() -> dict[str, float]:  # observed then imputed features, for an alert
+            feats = base.obs_dict()
+            if imp:
+                feats.update(imp)
+            return feats
         # --- standardize against the entity's baseline --------------------------------------------
         thr = spec.threshold
         # z of every observed feature against the baseline (0 without one); x: z squashed into
@@ -474,12 +515,12 @@ class Detector:
         # the largest |z| among tested features (presence features excluded), n_z: how many
         # were tested (std above a floor relative to the mean). One compiled pass
         # (stream/detect/_standardize.pyx, the Python rule in tests/unit/test_standardize.py).
-        x, d2, zmax, zfeat, n_z = ent.base.standardize(_PRESENCE_FEATURES)
+        x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES)
         for k in imp:
             x[k] = 0.5
 
         def zs() -> dict[str, float]:  # the z of every feature (imputed: 0), built only for an alert
-            z = ent.base.z_dict()
+            z = base.z_dict()
             for k in imp:
                 z[k] = 0.0
             return z
@@ -492,7 +533,7 @@ class Detector:
         # distance from baseline: sum of squared z against the chi-square tail (a window must be
         # improbable as a whole, not only rank high among recent scores); imputed features carry
         # no evidence, so they count in neither the sum nor the degrees of freedom
-        dof = len(obs)
+        dof = base.n_obs
         multi = (warm and grade >= thr.grade and score >= thr.score_floor
                  and d2 >= _chi2_isf(thr.distance_p, dof))
         z_crit = _z_crit(thr.feature_p, n_z) if (warm and thr.feature_p > 0) else math.inf
@@ -511,12 +552,12 @@ class Detector:
         # --- drift ---------------------------------------------------------------------------------
         drift_alert = None
         if spec.drift and not anomalous and warm:
-            drift_alert = self._drift(ent, w, obs, info)
+            drift_alert = self._drift(ent, w, base.obs_dict, info)
         # --- lifecycle -----------------------------------------------------------------------------
         if anomalous:
             ent.normal_streak = 0
             if ent.incident is None and w.start >= ent.cooldown_until:
-                a = self._alert(ent, w, "anomaly", "firing", feats, zs(), score, grade, gap, info, decision())
+                a = self._alert(ent, w, "anomaly", "firing", features(), zs(), score, grade, gap, info, decision())
                 ent.incident = {"id": a["alert_id"], "start": w.start}
                 out.append(a)
         else:
@@ -526,7 +567,7 @@ class Detector:
             near = d2 < _chi2_isf(_RESOLVE_P, max(1, dof))
             ent.normal_streak = ent.normal_streak + 1 if near else 0
             if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
-                a = self._alert(ent, w, "anomaly", "resolved", feats, zs(), score, grade, gap, info, decision())
+                a = self._alert(ent, w, "anomaly", "resolved", features(), zs(), score, grade, gap, info, decision())
                 a["incident_id"] = ent.incident["id"]
                 out.append(a)
                 ent.incident = None
@@ -577,20 +618,26 @@ class Detector:
         ent.base.learn(a)
         ent.n_normal += 1
 
-    def _drift(self, ent: _Entity, w: ClosedWindow, feats: dict[str, float], info: dict | None = None) -> dict | None:
-        from river.drift import ADWIN
+    def _drift(self, ent: _Entity, w: ClosedWindow, features, info: dict | None = None) -> dict | None:
+        """ADWIN over each metric's window mean (the ``metric:mean`` feature, when finite).
 
+        ``features()`` gives the window's observed features (called only for a drift alert).
+        """
+        if not self._has_mean:
+            return None  # no "mean" feature: nothing to watch
+        ADWIN = _adwin()
         changed = []
-        for metric in sorted(w.summary):
-            v = feats.get(f"{metric}:mean")
-            if v is None:
-                continue
-            ad = ent.adwins.get(metric)
+        summary = w.summary
+        adwins = ent.adwins
+        for metric in sorted(summary):
+            v = float(summary[metric]["mean"])  # the metric:mean feature
+            if not math.isfinite(v):
+                continue  # (left out of the features)
+            ad = adwins.get(metric)
             if ad is None:
-                ad = ent.adwins[metric] = ADWIN(delta=self.spec.drift_delta)
-            before = ad.estimation
-            ad.update(v)
-            if ad.drift_detected:
+                ad = adwins[metric] = ADWIN(delta=self.spec.drift_delta)
+            before, detected = _adwin_step(ad, v)
+            if detected:
                 # statistically significant is not enough: the shift must matter against the
                 # metric's own sample noise (its baseline within-window std), or a slow daily
                 # pattern would be reported as drift all day long
@@ -605,6 +652,7 @@ class Detector:
         a = self._base(ent, w, "data_drift", "firing", info)
         a["drift"] = {"detector": "ADWIN", "delta": self.spec.drift_delta, "changes": changed,
                       "change_point": min(c["change_point"] for c in changed)}
+        feats = features()
         a["features"] = feats
         a["baseline"] = self._baseline(ent, feats)
         a["score"] = max(abs(c["after_mean"] - c["before_mean"]) for c in changed)
