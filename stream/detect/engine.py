@@ -188,6 +188,7 @@ class Detector:
         self._fkeys: dict[str, tuple[str, ...]] = {}  # metric -> its "metric:feature" keys (spec order)
         self._feats = tuple(spec.features)
         self._has_mean = "mean" in self._feats
+        self._watching = spec.missing_after_windows > 0
 
     # ------------------------------------------------------------------------ gaps
     def _ws(self, ts: float) -> float:
@@ -232,11 +233,11 @@ class Detector:
             ent = self.entities[eid] = _Entity(eid, elabels, lane)
         else:
             eid = ent.id
-        ent.metrics.add(metric)
         out: list[dict] = []
         mlast = ent.mlast
         prev = mlast.get(metric)
         if prev is None:
+            ent.metrics.add(metric)  # (a metric in mlast is in metrics: both are set here)
             mlast[metric] = ts
         elif ts > prev:
             # only a gap of more than missing_after_windows windows, or an open incident, matters
@@ -245,18 +246,18 @@ class Detector:
             mlast[metric] = ts
         if ts > ent.last_seen:
             ent.last_seen = ts
-        if ent.watch is None and self.spec.missing_after_windows > 0:
+        if ent.watch is None and self._watching:
             self._watch(ent)  # armed until a watermark finds it silent (re-armed by its next sample)
         windows = self.windows
-        if not windows.add(eid, metric, ts, value, offset, partition, lane):
+        starts = windows.add_sample(eid, metric, ts, value, offset, partition, lane)
+        if starts is None:
             self.late += 1
+            rec = windows.entities.get(eid)
+            starts = rec.starts if rec is not None else None
         # close the windows the entity's own event time has passed (the test of close_entity,
         # inline: most samples close nothing)
-        rec = windows.entities.get(eid)
-        if rec is not None:
-            starts = rec.starts
-            if starts and starts[0] <= ent.last_seen - windows.size - windows.lateness:
-                out += self._emit(windows.close_entity(eid, ent.last_seen))
+        if starts and starts[0] <= ent.last_seen - windows.size - windows.lateness:
+            out += self._emit(windows.close_entity(eid, ent.last_seen))
         return out
 
     def _on_return(self, ent: _Entity, metric: str, prev: float, ts: float, offset: int, partition: int) -> list[dict]:
@@ -502,12 +503,6 @@ class Detector:
         imp, info = self._impute(ent, w, gap)
         if imp:
             self.imputed_features += len(imp)
-
-        def features() -> dict[str, float]:  # observed then imputed features, for an alert
-            feats = base.obs_dict()
-            if imp:
-                feats.update(imp)
-            return feats
         # --- standardize against the entity's baseline --------------------------------------------
         thr = spec.threshold
         # z of every observed feature against the baseline (0 without one); x: z squashed into
@@ -518,12 +513,6 @@ class Detector:
         x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES)
         for k in imp:
             x[k] = 0.5
-
-        def zs() -> dict[str, float]:  # the z of every feature (imputed: 0), built only for an alert
-            z = base.z_dict()
-            for k in imp:
-                z[k] = 0.0
-            return z
         warm = ent.n_normal >= spec.warmup_windows
         if ent.model is None:
             ent.model = make_model(spec.model)
@@ -543,21 +532,17 @@ class Detector:
         path = ("multivariate+single_feature" if multi and single else
                 "multivariate" if multi else "single_feature" if single else None)
         zpeak = ent.zpeak
-
-        def decision() -> dict:  # built only for an alert
-            return {"path": path, "max_z": zmax, "max_z_feature": zfeat, "features_tested": n_z,
-                    "z_critical": z_crit if math.isfinite(z_crit) else None,
-                    "z_peak": zpeak, "z_threshold": z_thr if math.isfinite(z_thr) else None,
-                    "distance": d2, "distance_threshold": _chi2_isf(thr.distance_p, dof), "dof": dof}
         # --- drift ---------------------------------------------------------------------------------
         drift_alert = None
         if spec.drift and not anomalous and warm:
-            drift_alert = self._drift(ent, w, base.obs_dict, info)
+            drift_alert = self._drift(ent, w, info)
         # --- lifecycle -----------------------------------------------------------------------------
         if anomalous:
             ent.normal_streak = 0
             if ent.incident is None and w.start >= ent.cooldown_until:
-                a = self._alert(ent, w, "anomaly", "firing", features(), zs(), score, grade, gap, info, decision())
+                feats, z = self._vectors(base, imp)
+                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap, info,
+                                self._decision(path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, thr.distance_p, dof))
                 ent.incident = {"id": a["alert_id"], "start": w.start}
                 out.append(a)
         else:
@@ -567,7 +552,9 @@ class Detector:
             near = d2 < _chi2_isf(_RESOLVE_P, max(1, dof))
             ent.normal_streak = ent.normal_streak + 1 if near else 0
             if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
-                a = self._alert(ent, w, "anomaly", "resolved", features(), zs(), score, grade, gap, info, decision())
+                feats, z = self._vectors(base, imp)
+                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap, info,
+                                self._decision(path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, thr.distance_p, dof))
                 a["incident_id"] = ent.incident["id"]
                 out.append(a)
                 ent.incident = None
@@ -611,6 +598,25 @@ class Detector:
                                "path": path, "imputed": info.get("imputed", [])})
         return out
 
+    @staticmethod
+    def _vectors(base, imp: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """The window's features (observed, then imputed) and their z (imputed: 0), for an alert."""
+        feats = base.obs_dict()
+        z = base.z_dict()
+        if imp:
+            feats.update(imp)
+            for k in imp:
+                z[k] = 0.0
+        return feats, z
+
+    @staticmethod
+    def _decision(path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, distance_p, dof) -> dict:
+        """The decision facts of an alert (built only for an alert)."""
+        return {"path": path, "max_z": zmax, "max_z_feature": zfeat, "features_tested": n_z,
+                "z_critical": z_crit if math.isfinite(z_crit) else None,
+                "z_peak": zpeak, "z_threshold": z_thr if math.isfinite(z_thr) else None,
+                "distance": d2, "distance_threshold": _chi2_isf(distance_p, dof), "dof": dof}
+
     def _update_baseline(self, ent: _Entity) -> None:
         """Learn the entity's last window vector (the one :meth:`_features` computed) into its baseline."""
         a = self.alpha if ent.n_normal >= self.spec.warmup_windows else 1.0 / (ent.n_normal + 1)
@@ -618,11 +624,8 @@ class Detector:
         ent.base.learn(a)
         ent.n_normal += 1
 
-    def _drift(self, ent: _Entity, w: ClosedWindow, features, info: dict | None = None) -> dict | None:
-        """ADWIN over each metric's window mean (the ``metric:mean`` feature, when finite).
-
-        ``features()`` gives the window's observed features (called only for a drift alert).
-        """
+    def _drift(self, ent: _Entity, w: ClosedWindow, info: dict | None = None) -> dict | None:
+        """ADWIN over each metric's window mean (the ``metric:mean`` feature, when finite)."""
         if not self._has_mean:
             return None  # no "mean" feature: nothing to watch
         ADWIN = _adwin()
@@ -652,7 +655,7 @@ class Detector:
         a = self._base(ent, w, "data_drift", "firing", info)
         a["drift"] = {"detector": "ADWIN", "delta": self.spec.drift_delta, "changes": changed,
                       "change_point": min(c["change_point"] for c in changed)}
-        feats = features()
+        feats = ent.base.obs_dict()  # the window's observed features
         a["features"] = feats
         a["baseline"] = self._baseline(ent, feats)
         a["score"] = max(abs(c["after_mean"] - c["before_mean"]) for c in changed)

@@ -69,6 +69,12 @@ class WindowStore:
 
     def add(self, entity: str, metric: str, ts: float, value: float, offset: int = -1, partition: int = -1,
             lane: int = 0) -> bool:
+        """Fold one sample into its window (opened if need be); False for a late sample."""
+        return self.add_sample(entity, metric, ts, value, offset, partition, lane) is not None
+
+    def add_sample(self, entity: str, metric: str, ts: float, value: float, offset: int, partition: int,
+                   lane: int) -> list[float] | None:
+        """:meth:`add`, returning the entity's open window starts (ascending), or None if late."""
         size = self.size
         start = _floor(ts / size) * size  # window_start, inline (once per sample)
         rec = self.entities.get(entity)
@@ -78,7 +84,7 @@ class WindowStore:
             cu = rec.closed_until
             if cu is not None and start < cu:
                 self.late += 1
-                return False
+                return None
         slots = rec.wins.get(start)
         if slots is None:
             slots = rec.wins[start] = {}
@@ -91,7 +97,7 @@ class WindowStore:
         if slot is None:
             slot = slots[metric] = self.acc.alloc()
         self.acc.add(slot, ts, value, offset, partition)
-        return True
+        return rec.starts
 
     def has_open(self, entity: str) -> bool:
         """Whether the entity has open windows."""
