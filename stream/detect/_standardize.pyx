@@ -52,7 +52,7 @@ def feature_keys(dict cache, object metric, tuple feats):
     (one cache per ``feats`` tuple)."""
     cdef PyObject* p = PyDict_GetItem(cache, metric)
     if p != NULL:
-        return <tuple> p
+        return <tuple> <object> p
     keys = tuple([f"{metric}:{f}" for f in feats])
     cache[metric] = keys
     return keys
@@ -162,7 +162,7 @@ cdef class Baseline:
     cdef tuple _mpos(self, object metric, tuple keys):
         cdef PyObject* p = PyDict_GetItem(self.mpos, metric)
         if p != NULL:
-            return <tuple> p
+            return <tuple> <object> p
         t = tuple([self._pos(k) for k in keys])
         self.mpos[metric] = t
         return t

@@ -55,6 +55,7 @@ from stream.detect import _standardize
 from stream.detect._standardize import count_below
 from stream.detect.models import make_model, model_from_bytes
 from stream.detect.spec import DetectorSpec
+from stream.detect._window import add_sample as _add_sample
 from stream.detect.window import ClosedWindow, WindowStore
 
 STATE_VERSION = 2  # 2: per-metric last-seen times, the missing-data incident, the |z| peak (1 still read)
@@ -249,8 +250,11 @@ class Detector:
         if ent.watch is None and self._watching:
             self._watch(ent)  # armed until a watermark finds it silent (re-armed by its next sample)
         windows = self.windows
-        starts = windows.add_sample(eid, metric, ts, value, offset, partition, lane)
+        # WindowStore.add_sample without its Python frame (once per sample)
+        starts = _add_sample(windows.acc, windows.entities, windows.heaps, windows.size, eid, metric, ts, value,
+                             offset, partition, lane)
         if starts is None:
+            windows.late += 1
             self.late += 1
             rec = windows.entities.get(eid)
             starts = rec.starts if rec is not None else None

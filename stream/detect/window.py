@@ -17,6 +17,7 @@ from math import floor as _floor
 import numpy as np
 
 from stream.detect import _window
+from stream.detect._window import add_sample as _add_sample
 
 SUMMARY_FIELDS = ("count", "mean", "std", "min", "max", "median", "iqr", "delta", "slope",
                   "first_ts", "last_ts", "first_offset", "last_offset", "partition")
@@ -31,16 +32,9 @@ class ClosedWindow:
     late: int = 0
 
 
-class _Windows:
-    """One entity's open windows ({start: {metric: slot}}, in creation order), their starts in
-    ascending order, and the end of its last closed window (None before the first)."""
-
-    __slots__ = ("wins", "starts", "closed_until")
-
-    def __init__(self):
-        self.wins: dict[float, dict[str, int]] = {}
-        self.starts: list[float] = []
-        self.closed_until: float | None = None
+# One entity's open windows ({start: {metric: slot}}, in creation order), their starts in
+# ascending order (.starts) and the end of its last closed window (.closed_until, None before the first)
+_Windows = _window.EntityWindows
 
 
 class WindowStore:
@@ -74,30 +68,17 @@ class WindowStore:
 
     def add_sample(self, entity: str, metric: str, ts: float, value: float, offset: int, partition: int,
                    lane: int) -> list[float] | None:
-        """:meth:`add`, returning the entity's open window starts (ascending), or None if late."""
-        size = self.size
-        start = _floor(ts / size) * size  # window_start, inline (once per sample)
-        rec = self.entities.get(entity)
-        if rec is None:
-            rec = self.entities[entity] = _Windows()
-        else:
-            cu = rec.closed_until
-            if cu is not None and start < cu:
-                self.late += 1
-                return None
-        slots = rec.wins.get(start)
-        if slots is None:
-            slots = rec.wins[start] = {}
-            heapq.heappush(self.heaps.setdefault(lane, []), (start, entity))
-            lst = rec.starts
-            lst.append(start)
-            if len(lst) > 1 and lst[-2] > start:
-                lst.sort()
-        slot = slots.get(metric)
-        if slot is None:
-            slot = slots[metric] = self.acc.alloc()
-        self.acc.add(slot, ts, value, offset, partition)
-        return rec.starts
+        """:meth:`add`, returning the entity's open window starts (ascending), or None if late.
+
+        Compiled (:func:`stream.detect._window.add_sample`): the window start is
+        ``math.floor(ts / size) * size``; a sample before the end of the entity's last closed
+        window is late.
+        """
+        starts = _add_sample(self.acc, self.entities, self.heaps, self.size, entity, metric, ts, value,
+                             offset, partition, lane)
+        if starts is None:
+            self.late += 1
+        return starts
 
     def has_open(self, entity: str) -> bool:
         """Whether the entity has open windows."""
