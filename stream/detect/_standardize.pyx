@@ -44,7 +44,6 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.float cimport PyFloat_AsDouble
 from cpython.object cimport PyObject
 
-cdef double _INV_SCALE = 1.0 / 8.0  # z in [-4, 4] maps onto [0, 1] for the trees (engine._Z_SCALE)
 
 
 def feature_keys(dict cache, object metric, tuple feats):
@@ -220,14 +219,15 @@ cdef class Baseline:
         self.zn = 0
         return obs, n_bad
 
-    def standardize(self, tuple presence):
+    def standardize(self, tuple presence, double inv_scale=0.125):
         """z of every feature of the last vector against the baseline, and the window's tests.
 
         Returns ``(x, d2, zmax, zfeat, n_z)``: x the z squashed into [0, 1] for the trees (a dict
         in vector order; a feature without a baseline gets z 0 and x 0.5); d2 the sum of squared
         z; n_z the number of non-degenerate features (std above a floor relative to the mean);
         zmax / zfeat the largest |z| among those whose key does not end with one of ``presence``
-        (0.0 / None if none). The z values: :meth:`z_dict`.
+        (0.0 / None if none). ``x = clip(0.5 + z * inv_scale, 0, 1)`` (the engine: 1 / 8, z in
+        [-4, 4] onto [0, 1]). The z values: :meth:`z_dict`.
         """
         cdef dict x = {}
         cdef Py_ssize_t i, p, n_z = 0
@@ -249,7 +249,7 @@ cdef class Baseline:
             zk = (v - m) / (sd if sd > floor else floor)
             self.oz[i] = zk
             d2 += zk * zk
-            t = 0.5 + zk * _INV_SCALE
+            t = 0.5 + zk * inv_scale
             PyDict_SetItem(x, k, 0.0 if t < 0.0 else (1.0 if t > 1.0 else t))
             if sd > floor:  # n_z (the Bonferroni count) includes non-degenerate presence features
                 n_z += 1

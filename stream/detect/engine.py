@@ -514,7 +514,7 @@ class Detector:
         # the largest |z| among tested features (presence features excluded), n_z: how many
         # were tested (std above a floor relative to the mean). One compiled pass
         # (stream/detect/_standardize.pyx, the Python rule in tests/unit/test_standardize.py).
-        x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES)
+        x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES, 1.0 / _Z_SCALE)
         for k in imp:
             x[k] = 0.5
         warm = ent.n_normal >= spec.warmup_windows
