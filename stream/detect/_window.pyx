@@ -8,9 +8,14 @@ first/last, source offsets, and a bounded value buffer for median and IQR (exact
 :class:`stream.detect.window.WindowStore`; held to a numpy reference by
 ``tests/unit/test_window.py``.
 """
+import heapq
+import math
+
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport sqrt, NAN
+from libc.math cimport sqrt, floor, isfinite, NAN
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 
 cnp.import_array()
 
@@ -33,6 +38,8 @@ DEF C_PART = 14
 DEF NCOL = 15
 
 NCOLS = NCOL
+_FIELDS = ("count", "mean", "std", "min", "max", "median", "iqr", "delta", "slope",
+           "first_ts", "last_ts", "first_offset", "last_offset", "partition")  # window.SUMMARY_FIELDS
 
 
 cdef inline unsigned long long _mix(unsigned long long x) nogil:
@@ -80,8 +87,8 @@ cdef class WindowAccumulators:
 
     def update(self, long[::1] slots, double[::1] ts, double[::1] vals, long[::1] offsets, long[::1] partitions):
         """Fold a batch of samples into their slots, in order."""
-        cdef double[:, ::1] a = self.acc
-        cdef double[:, ::1] b = self.buf
+        cdef double* a = <double*> cnp.PyArray_DATA(self.acc)
+        cdef double* b = <double*> cnp.PyArray_DATA(self.buf)
         cdef Py_ssize_t i, n = slots.shape[0]
         if ts.shape[0] != n or vals.shape[0] != n or offsets.shape[0] != n or partitions.shape[0] != n:
             raise ValueError("slots, ts, vals, offsets and partitions must have the same length")
@@ -91,9 +98,8 @@ cdef class WindowAccumulators:
 
     def add(self, long slot, double t, double v, long offset=-1, long partition=-1):
         """Fold one sample (the per-event path)."""
-        cdef double[:, ::1] a = self.acc
-        cdef double[:, ::1] b = self.buf
-        _add(a, b, self.buffer_size, slot, t, v, offset, partition)
+        _add(<double*> cnp.PyArray_DATA(self.acc), <double*> cnp.PyArray_DATA(self.buf), self.buffer_size,
+             slot, t, v, offset, partition)
 
     def summary(self, long slot):
         """(count, mean, std, min, max, median, iqr, delta, slope, first_ts, last_ts, first_offset, last_offset, partition)."""
@@ -117,6 +123,42 @@ cdef class WindowAccumulators:
         return (int(n), a[slot, C_MEAN], std, a[slot, C_MIN], a[slot, C_MAX], float(med), float(q3 - q1),
                 a[slot, C_LAST_V] - a[slot, C_FIRST_V], slope, a[slot, C_FIRST_T], a[slot, C_LAST_T],
                 int(a[slot, C_FIRST_OFF]), int(a[slot, C_LAST_OFF]), int(a[slot, C_PART]))
+
+    def take_summary(self, long slot):
+        """:meth:`summary` as a dict keyed by ``window.SUMMARY_FIELDS``, then release the slot.
+
+        The same values (and types) as ``dict(zip(SUMMARY_FIELDS, summary(slot)))`` followed by
+        ``release(slot)``, built in one call (once per metric of every closed window).
+        """
+        cdef double[:, ::1] a = self.acc
+        cdef double[:, ::1] b = self.buf
+        cdef double n = a[slot, C_N]
+        cdef int k, i
+        cdef double tmp[256]
+        cdef double q1, med, q3, std, slope
+        if n == 0:
+            out = dict(zip(_FIELDS, self.summary(slot)))
+            self.release(slot)
+            return out
+        k = <int>min(n, self.buffer_size)
+        k = min(k, 256)
+        for i in range(k):
+            tmp[i] = b[slot, i]
+        _insertion_sort(tmp, k)
+        q1 = _quantile_sorted(tmp, k, 0.25)
+        med = _quantile_sorted(tmp, k, 0.5)
+        q3 = _quantile_sorted(tmp, k, 0.75)
+        std = sqrt(a[slot, C_M2] / n)
+        slope = a[slot, C_C_TV] / a[slot, C_M2_T] if a[slot, C_M2_T] > 0 else 0.0
+        out = {"count": int(n), "mean": a[slot, C_MEAN], "std": std, "min": a[slot, C_MIN],
+               "max": a[slot, C_MAX], "median": med, "iqr": q3 - q1,
+               "delta": a[slot, C_LAST_V] - a[slot, C_FIRST_V], "slope": slope,
+               "first_ts": a[slot, C_FIRST_T], "last_ts": a[slot, C_LAST_T],
+               "first_offset": int(a[slot, C_FIRST_OFF]), "last_offset": int(a[slot, C_LAST_OFF]),
+               "partition": int(a[slot, C_PART])}
+        self._free.append(slot)
+        self.used -= 1
+        return out
 
     def get_state(self, long slot):
         """The slot's accumulator row and buffer as one float64 array (for durable state)."""
@@ -157,55 +199,122 @@ cdef inline double _quantile_sorted(double* x, int n, double q) noexcept nogil:
     return a + (b - a) * t
 
 
-cdef inline void _add(double[:, ::1] a, double[:, ::1] b, int bsize, long s, double t, double v,
+cdef inline void _add(double* acc, double* buf, int bsize, long s, double t, double v,
                       long offset, long partition) noexcept nogil:
-    cdef double n = a[s, C_N] + 1.0
+    # acc: the [capacity, NCOL] accumulator rows, buf: the [capacity, bsize] value buffers
+    cdef double* a = acc + s * NCOL
+    cdef double* b = buf + s * bsize
+    cdef double n = a[C_N] + 1.0
     cdef double d, dt
     cdef unsigned long long j
-    a[s, C_N] = n
+    a[C_N] = n
     if n == 1.0:
-        a[s, C_MEAN] = v
-        a[s, C_M2] = 0.0
-        a[s, C_MIN] = v
-        a[s, C_MAX] = v
-        a[s, C_FIRST_T] = t
-        a[s, C_FIRST_V] = v
-        a[s, C_LAST_T] = t
-        a[s, C_LAST_V] = v
-        a[s, C_MEAN_T] = t
-        a[s, C_M2_T] = 0.0
-        a[s, C_C_TV] = 0.0
-        a[s, C_FIRST_OFF] = offset
-        a[s, C_LAST_OFF] = offset
-        a[s, C_PART] = partition
-        b[s, 0] = v
+        a[C_MEAN] = v
+        a[C_M2] = 0.0
+        a[C_MIN] = v
+        a[C_MAX] = v
+        a[C_FIRST_T] = t
+        a[C_FIRST_V] = v
+        a[C_LAST_T] = t
+        a[C_LAST_V] = v
+        a[C_MEAN_T] = t
+        a[C_M2_T] = 0.0
+        a[C_C_TV] = 0.0
+        a[C_FIRST_OFF] = offset
+        a[C_LAST_OFF] = offset
+        a[C_PART] = partition
+        b[0] = v
         return
-    d = v - a[s, C_MEAN]
-    dt = t - a[s, C_MEAN_T]
-    a[s, C_MEAN] += d / n
-    a[s, C_MEAN_T] += dt / n
-    a[s, C_M2] += d * (v - a[s, C_MEAN])
-    a[s, C_M2_T] += dt * (t - a[s, C_MEAN_T])
-    a[s, C_C_TV] += dt * (v - a[s, C_MEAN])
-    if v < a[s, C_MIN]:
-        a[s, C_MIN] = v
-    if v > a[s, C_MAX]:
-        a[s, C_MAX] = v
+    d = v - a[C_MEAN]
+    dt = t - a[C_MEAN_T]
+    a[C_MEAN] += d / n
+    a[C_MEAN_T] += dt / n
+    a[C_M2] += d * (v - a[C_MEAN])
+    a[C_M2_T] += dt * (t - a[C_MEAN_T])
+    a[C_C_TV] += dt * (v - a[C_MEAN])
+    if v < a[C_MIN]:
+        a[C_MIN] = v
+    if v > a[C_MAX]:
+        a[C_MAX] = v
     # first/last by event time (late or out-of-order samples keep the order right)
-    if t < a[s, C_FIRST_T]:
-        a[s, C_FIRST_T] = t
-        a[s, C_FIRST_V] = v
-    if t >= a[s, C_LAST_T]:
-        a[s, C_LAST_T] = t
-        a[s, C_LAST_V] = v
+    if t < a[C_FIRST_T]:
+        a[C_FIRST_T] = t
+        a[C_FIRST_V] = v
+    if t >= a[C_LAST_T]:
+        a[C_LAST_T] = t
+        a[C_LAST_V] = v
     if offset >= 0:
-        if a[s, C_FIRST_OFF] < 0 or offset < a[s, C_FIRST_OFF]:
-            a[s, C_FIRST_OFF] = offset
-        if offset > a[s, C_LAST_OFF]:
-            a[s, C_LAST_OFF] = offset
+        if a[C_FIRST_OFF] < 0 or offset < a[C_FIRST_OFF]:
+            a[C_FIRST_OFF] = offset
+        if offset > a[C_LAST_OFF]:
+            a[C_LAST_OFF] = offset
     if n <= bsize:
-        b[s, <long>n - 1] = v
+        b[<long>n - 1] = v
     else:
         j = _mix(<unsigned long long>n) % <unsigned long long>n
         if j < <unsigned long long>bsize:
-            b[s, j] = v
+            b[j] = v
+
+
+cdef class EntityWindows:
+    """One entity's open windows ({start: {metric: slot}}, in creation order), their starts in
+    ascending order, and the end of its last closed window (None before the first)."""
+
+    cdef public dict wins
+    cdef public list starts
+    cdef public object closed_until
+
+    def __init__(self):
+        self.wins = {}
+        self.starts = []
+        self.closed_until = None
+
+
+def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, entity, metric,
+               double ts, double value, long offset, long partition, lane):
+    """Fold one sample into its entity's window (``WindowStore.add_sample``, compiled).
+
+    Returns the entity's open window starts (ascending), or None for a late sample (its window
+    closed already; not folded in, the caller counts it).
+    """
+    cdef double q = ts / size
+    cdef double start_d
+    cdef EntityWindows rec
+    cdef PyObject* p
+    cdef long slot
+    if not isfinite(q):
+        math.floor(q)  # raises as the Python rule did (NaN / inf event time)
+    start_d = floor(q) * size  # math.floor(ts / size) * size
+    p = PyDict_GetItem(entities, entity)
+    if p == NULL:
+        rec = EntityWindows()
+        entities[entity] = rec
+    else:
+        rec = <EntityWindows> <object> p
+        cu = rec.closed_until
+        if cu is not None and start_d < <double> cu:
+            return None
+    start = start_d
+    p = PyDict_GetItem(rec.wins, start)
+    if p == NULL:
+        slots = {}
+        rec.wins[start] = slots
+        heap = heaps.get(lane)
+        if heap is None:
+            heap = heaps[lane] = []
+        heapq.heappush(heap, (start, entity))
+        lst = rec.starts
+        lst.append(start)
+        if len(lst) > 1 and lst[len(lst) - 2] > start:  # (compiled with wraparound=False)
+            lst.sort()
+    else:
+        slots = <dict> <object> p
+    p = PyDict_GetItem(slots, metric)
+    if p == NULL:
+        slot = acc.alloc()
+        slots[metric] = slot
+    else:
+        slot = <object> p
+    _add(<double*> cnp.PyArray_DATA(acc.acc), <double*> cnp.PyArray_DATA(acc.buf), acc.buffer_size,
+         slot, ts, value, offset, partition)
+    return rec.starts

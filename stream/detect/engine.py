@@ -51,8 +51,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from stream.detect import _standardize
+from stream.detect._standardize import count_below
 from stream.detect.models import make_model, model_from_bytes
 from stream.detect.spec import DetectorSpec
+from stream.detect._window import add_sample as _add_sample
 from stream.detect.window import ClosedWindow, WindowStore
 
 STATE_VERSION = 2  # 2: per-metric last-seen times, the missing-data incident, the |z| peak (1 still read)
@@ -79,13 +82,47 @@ def _z_crit(p: float, n: int) -> float:
     return float(norm.isf(p / (2 * max(n, 1))))
 
 
+_ADWIN = None
+
+
+def _adwin():
+    """river's ADWIN class (imported at the first use)."""
+    global _ADWIN
+    if _ADWIN is None:
+        from river.drift import ADWIN
+
+        _ADWIN = ADWIN
+    return _ADWIN
+
+
+def _adwin_step(ad, v: float) -> tuple[float, bool]:
+    """``(ad.estimation, then ad.update(v) and ad.drift_detected)`` for a river ADWIN.
+
+    Through river's compiled helper when ``ad`` is a plain river ADWIN (the calls its update and
+    properties make, in the same order, without three Python property calls per update: this
+    runs for every metric of every normal window); through the public API otherwise.
+    """
+    h = ad.__dict__.get("_helper") if type(ad) is _ADWIN else None
+    if h is None or "_drift_detected" not in ad.__dict__:
+        before = ad.estimation
+        ad.update(v)
+        return before, ad.drift_detected
+    width = h.get_width()
+    before = 0.0 if width == 0 else h.get_total() / width  # ADWIN.estimation
+    if ad._drift_detected:  # ADWIN.update: a detector that detected starts over
+        ad._reset()
+        h = ad._helper
+    ad._drift_detected = detected = h.update(v)
+    return before, detected
+
+
 def alert_id(*parts: Any) -> str:
     """Deterministic id: the same (detector, entity, window, kind) always gives the same id."""
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
 class _Entity:
-    __slots__ = ("id", "labels", "lane", "mean", "var", "n_normal", "n_windows", "model", "scores", "expected",
+    __slots__ = ("id", "labels", "lane", "base", "n_normal", "n_windows", "model", "scores", "expected",
                  "incident", "normal_streak", "cooldown_until", "adwins", "last_end", "gap_flagged", "metrics",
                  "last_seen", "cursor", "mlast", "mwin", "gap", "watch", "zpeak")
 
@@ -93,8 +130,7 @@ class _Entity:
         self.id = eid
         self.labels = labels
         self.lane = lane
-        self.mean: dict[str, float] = {}
-        self.var: dict[str, float] = {}
+        self.base = _standardize.Baseline()  # per-feature EWMA mean / variance (C arrays)
         self.n_normal = 0
         self.n_windows = 0
         self.model = None
@@ -114,6 +150,16 @@ class _Entity:
         self.gap: dict | None = None  # the open missing_data incident
         self.watch: float | None = None  # deadline of its entry in the lane's silence heap
         self.zpeak = 0.0  # decaying peak of the largest |z| over recent normal windows
+
+    @property
+    def mean(self) -> dict[str, float]:
+        """The baseline means, ``{"metric:feature": mean}`` (a copy, in baseline order)."""
+        return self.base.mean_dict()
+
+    @property
+    def var(self) -> dict[str, float]:
+        """The baseline variances, ``{"metric:feature": variance}`` (a copy, in baseline order)."""
+        return self.base.var_dict()
 
 
 class Detector:
@@ -140,6 +186,10 @@ class Detector:
         # "anomalous", "firing", "warm", "max_z", "path", "imputed"}; "firing" is whether the
         # entity's incident is open after this window. It only reads; None (the default) costs nothing.
         self.on_window = None
+        self._fkeys: dict[str, tuple[str, ...]] = {}  # metric -> its "metric:feature" keys (spec order)
+        self._feats = tuple(spec.features)
+        self._has_mean = "mean" in self._feats
+        self._watching = spec.missing_after_windows > 0
 
     # ------------------------------------------------------------------------ gaps
     def _ws(self, ts: float) -> float:
@@ -184,11 +234,11 @@ class Detector:
             ent = self.entities[eid] = _Entity(eid, elabels, lane)
         else:
             eid = ent.id
-        ent.metrics.add(metric)
         out: list[dict] = []
         mlast = ent.mlast
         prev = mlast.get(metric)
         if prev is None:
+            ent.metrics.add(metric)  # (a metric in mlast is in metrics: both are set here)
             mlast[metric] = ts
         elif ts > prev:
             # only a gap of more than missing_after_windows windows, or an open incident, matters
@@ -197,12 +247,21 @@ class Detector:
             mlast[metric] = ts
         if ts > ent.last_seen:
             ent.last_seen = ts
-        if ent.watch is None and self.spec.missing_after_windows > 0:
+        if ent.watch is None and self._watching:
             self._watch(ent)  # armed until a watermark finds it silent (re-armed by its next sample)
-        if not self.windows.add(eid, metric, ts, value, offset, partition, lane):
+        windows = self.windows
+        # WindowStore.add_sample without its Python frame (once per sample)
+        starts = _add_sample(windows.acc, windows.entities, windows.heaps, windows.size, eid, metric, ts, value,
+                             offset, partition, lane)
+        if starts is None:
+            windows.late += 1
             self.late += 1
-        if eid in self.windows.starts:
-            out += self._emit(self.windows.close_entity(eid, ent.last_seen))
+            rec = windows.entities.get(eid)
+            starts = rec.starts if rec is not None else None
+        # close the windows the entity's own event time has passed (the test of close_entity,
+        # inline: most samples close nothing)
+        if starts and starts[0] <= ent.last_seen - windows.size - windows.lateness:
+            out += self._emit(windows.close_entity(eid, ent.last_seen))
         return out
 
     def _on_return(self, ent: _Entity, metric: str, prev: float, ts: float, offset: int, partition: int) -> list[dict]:
@@ -359,20 +418,19 @@ class Detector:
         return alerts
 
     def _features(self, ent: _Entity, w: ClosedWindow) -> dict[str, float]:
-        feats: dict[str, float] = {}
-        for metric in sorted(w.summary):
-            s = w.summary[metric]
-            exp = ent.expected.get(metric)
-            for f in self.spec.features:
-                if f == "availability":
-                    v = min(1.0, s["count"] / exp) if exp else 1.0
-                else:
-                    v = float(s[f])
-                if not math.isfinite(v):
-                    self.invalid_features += 1
-                    continue  # NaN / inf never reach a model: treated as missing, counted
-                feats[f"{metric}:{f}"] = v
+        # metrics sorted, spec features in order; availability = count / expected count (capped
+        # at 1); NaN / inf never reach a model: treated as missing, counted (compiled kernel)
+        feats, bad = ent.base.features(w.summary, ent.expected, self._feats, self._fkeys)
+        if bad:
+            self.invalid_features += bad
         return feats
+
+    def _keys(self, metric: str) -> tuple[str, ...]:
+        """The metric's ``"metric:feature"`` keys in spec feature order (built once per metric)."""
+        keys = self._fkeys.get(metric)
+        if keys is None:
+            keys = _standardize.feature_keys(self._fkeys, metric, self._feats)
+        return keys
 
     def _impute(self, ent: _Entity, w: ClosedWindow, gap: int) -> tuple[dict[str, float], dict]:
         """Baseline values for the features of metrics missing from a short gap, and the gap facts.
@@ -396,6 +454,7 @@ class Detector:
         summary = w.summary
         if gap == 0 and ent.expected.keys() <= summary.keys():
             return imp, info  # nothing missing (the common case)
+        base_get = ent.base.get
         for m in ent.expected:
             if m in summary:
                 continue
@@ -405,9 +464,8 @@ class Detector:
             run = int(round((w.end - last) / size))
             if run > spec.impute_max_windows:
                 continue
-            for f in spec.features:
-                k = f"{m}:{f}"
-                b = ent.mean.get(k)
+            for k in self._keys(m):
+                b = base_get(k)
                 if b is not None:
                     imp[k] = b
         if imp:
@@ -441,56 +499,34 @@ class Detector:
         ent.last_end = w.end
         ent.gap_flagged = False
         ent.n_windows += 1
-        obs = self._features(ent, w)
+        base = ent.base
+        # the window's feature vector (kept by the baseline; its dict is built only for an alert)
+        _, bad = base.features(w.summary, ent.expected, self._feats, self._fkeys, False)
+        if bad:
+            self.invalid_features += bad  # NaN / inf never reach a model: treated as missing, counted
         imp, info = self._impute(ent, w, gap)
         if imp:
-            feats = dict(obs)
-            feats.update(imp)
             self.imputed_features += len(imp)
-        else:
-            feats = obs
         # --- standardize against the entity's baseline --------------------------------------------
-        z: dict[str, float] = {}
         thr = spec.threshold
-        zmax, zfeat, n_z = 0.0, None, 0  # largest |z| among tested features, and how many were tested
-        # x: z squashed into [0, 1] for the trees; d2: the window's squared distance from baseline.
-        # One pass with plain comparisons (no max/min/abs calls): this loop runs for every feature
-        # of every closed window and was the engine's largest cost.
-        x: dict[str, float] = {}
-        d2 = 0.0
-        mean_get, var = ent.mean.get, ent.var
-        sqrt, inv_scale = math.sqrt, 1.0 / _Z_SCALE
-        for k, v in obs.items():
-            m = mean_get(k)
-            if m is None:
-                z[k] = 0.0
-                x[k] = 0.5
-                continue
-            sd = sqrt(var[k])
-            am = m if m >= 0.0 else -m
-            floor = 1e-3 * (am if am > 1e-9 else 1e-9) + 1e-9  # a constant feature still gets a finite z
-            zk = z[k] = (v - m) / (sd if sd > floor else floor)
-            d2 += zk * zk
-            t = 0.5 + zk * inv_scale
-            x[k] = 0.0 if t < 0.0 else (1.0 if t > 1.0 else t)
-            if sd > floor:  # n_z (the Bonferroni count) includes non-degenerate presence features
-                n_z += 1
-                a = zk if zk >= 0.0 else -zk
-                if a > zmax and not k.endswith(_PRESENCE_FEATURES):
-                    zmax, zfeat = a, k
+        # z of every observed feature against the baseline (0 without one); x: z squashed into
+        # [0, 1] for the trees; d2: the window's squared distance from baseline; zmax / zfeat:
+        # the largest |z| among tested features (presence features excluded), n_z: how many
+        # were tested (std above a floor relative to the mean). One compiled pass
+        # (stream/detect/_standardize.pyx, the Python rule in tests/unit/test_standardize.py).
+        x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES, 1.0 / _Z_SCALE)
         for k in imp:
-            z[k] = 0.0
             x[k] = 0.5
         warm = ent.n_normal >= spec.warmup_windows
         if ent.model is None:
             ent.model = make_model(spec.model)
         score = float(ent.model.score_one(x)) if warm else 0.0
         scores = ent.scores
-        grade = (sum(map(score.__gt__, scores)) / len(scores)) if (warm and scores) else 0.0  # share below
+        grade = (count_below(scores, score) / len(scores)) if (warm and scores) else 0.0  # share below
         # distance from baseline: sum of squared z against the chi-square tail (a window must be
         # improbable as a whole, not only rank high among recent scores); imputed features carry
         # no evidence, so they count in neither the sum nor the degrees of freedom
-        dof = len(z) - len(imp)
+        dof = base.n_obs
         multi = (warm and grade >= thr.grade and score >= thr.score_floor
                  and d2 >= _chi2_isf(thr.distance_p, dof))
         z_crit = _z_crit(thr.feature_p, n_z) if (warm and thr.feature_p > 0) else math.inf
@@ -500,21 +536,17 @@ class Detector:
         path = ("multivariate+single_feature" if multi and single else
                 "multivariate" if multi else "single_feature" if single else None)
         zpeak = ent.zpeak
-
-        def decision() -> dict:  # built only for an alert
-            return {"path": path, "max_z": zmax, "max_z_feature": zfeat, "features_tested": n_z,
-                    "z_critical": z_crit if math.isfinite(z_crit) else None,
-                    "z_peak": zpeak, "z_threshold": z_thr if math.isfinite(z_thr) else None,
-                    "distance": d2, "distance_threshold": _chi2_isf(thr.distance_p, dof), "dof": dof}
         # --- drift ---------------------------------------------------------------------------------
         drift_alert = None
         if spec.drift and not anomalous and warm:
-            drift_alert = self._drift(ent, w, obs, info)
+            drift_alert = self._drift(ent, w, info)
         # --- lifecycle -----------------------------------------------------------------------------
         if anomalous:
             ent.normal_streak = 0
             if ent.incident is None and w.start >= ent.cooldown_until:
-                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap, info, decision())
+                feats, z = self._vectors(base, imp)
+                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap, info,
+                                self._decision(path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, thr.distance_p, dof))
                 ent.incident = {"id": a["alert_id"], "start": w.start}
                 out.append(a)
         else:
@@ -524,7 +556,9 @@ class Detector:
             near = d2 < _chi2_isf(_RESOLVE_P, max(1, dof))
             ent.normal_streak = ent.normal_streak + 1 if near else 0
             if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
-                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap, info, decision())
+                feats, z = self._vectors(base, imp)
+                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap, info,
+                                self._decision(path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, thr.distance_p, dof))
                 a["incident_id"] = ent.incident["id"]
                 out.append(a)
                 ent.incident = None
@@ -548,7 +582,7 @@ class Detector:
         if not anomalous and (ent.incident is None or ent.normal_streak > 0 or not warm):
             if not imp:
                 ent.model.learn_one(x)
-            self._update_baseline(ent, obs)
+            self._update_baseline(ent)
             if ent.n_normal > max(2, spec.warmup_windows // 2):  # the baseline's std means something by now
                 d = ent.zpeak * self._zdecay
                 ent.zpeak = zmax if zmax > d else d
@@ -568,39 +602,53 @@ class Detector:
                                "path": path, "imputed": info.get("imputed", [])})
         return out
 
-    def _update_baseline(self, ent: _Entity, feats: dict[str, float]) -> None:
+    @staticmethod
+    def _vectors(base, imp: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+        """The window's features (observed, then imputed) and their z (imputed: 0), for an alert."""
+        feats = base.obs_dict()
+        z = base.z_dict()
+        if imp:
+            feats.update(imp)
+            for k in imp:
+                z[k] = 0.0
+        return feats, z
+
+    @staticmethod
+    def _decision(path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, distance_p, dof) -> dict:
+        """The decision facts of an alert (built only for an alert)."""
+        return {"path": path, "max_z": zmax, "max_z_feature": zfeat, "features_tested": n_z,
+                "z_critical": z_crit if math.isfinite(z_crit) else None,
+                "z_peak": zpeak, "z_threshold": z_thr if math.isfinite(z_thr) else None,
+                "distance": d2, "distance_threshold": _chi2_isf(distance_p, dof), "dof": dof}
+
+    def _update_baseline(self, ent: _Entity) -> None:
+        """Learn the entity's last window vector (the one :meth:`_features` computed) into its baseline."""
         a = self.alpha if ent.n_normal >= self.spec.warmup_windows else 1.0 / (ent.n_normal + 1)
-        mean, var = ent.mean, ent.var
-        b = 1.0 - a
-        for k, v in feats.items():
-            m = mean.get(k)
-            if m is None:
-                mean[k] = v
-                var[k] = 0.0
-                continue
-            d = v - m
-            mean[k] = m + a * d
-            var[k] = b * (var[k] + a * d * d)
+        # mean <- m + a (v - m), var <- (1 - a)(var + a (v - m)^2); a new feature starts at its value
+        ent.base.learn(a)
         ent.n_normal += 1
 
-    def _drift(self, ent: _Entity, w: ClosedWindow, feats: dict[str, float], info: dict | None = None) -> dict | None:
-        from river.drift import ADWIN
-
+    def _drift(self, ent: _Entity, w: ClosedWindow, info: dict | None = None) -> dict | None:
+        """ADWIN over each metric's window mean (the ``metric:mean`` feature, when finite)."""
+        if not self._has_mean:
+            return None  # no "mean" feature: nothing to watch
+        ADWIN = _adwin()
         changed = []
-        for metric in sorted(w.summary):
-            v = feats.get(f"{metric}:mean")
-            if v is None:
-                continue
-            ad = ent.adwins.get(metric)
+        summary = w.summary
+        adwins = ent.adwins
+        for metric in sorted(summary):
+            v = float(summary[metric]["mean"])  # the metric:mean feature
+            if not math.isfinite(v):
+                continue  # (left out of the features)
+            ad = adwins.get(metric)
             if ad is None:
-                ad = ent.adwins[metric] = ADWIN(delta=self.spec.drift_delta)
-            before = ad.estimation
-            ad.update(v)
-            if ad.drift_detected:
+                ad = adwins[metric] = ADWIN(delta=self.spec.drift_delta)
+            before, detected = _adwin_step(ad, v)
+            if detected:
                 # statistically significant is not enough: the shift must matter against the
                 # metric's own sample noise (its baseline within-window std), or a slow daily
                 # pattern would be reported as drift all day long
-                noise = ent.mean.get(f"{metric}:std") or 0.0
+                noise = ent.base.get(f"{metric}:std") or 0.0
                 effect = abs(ad.estimation - before) / max(noise, 1e-9 * max(abs(before), 1.0))
                 if effect >= self.spec.drift_min_effect:
                     changed.append({"metric": metric, "before_mean": before, "after_mean": ad.estimation,
@@ -611,20 +659,22 @@ class Detector:
         a = self._base(ent, w, "data_drift", "firing", info)
         a["drift"] = {"detector": "ADWIN", "delta": self.spec.drift_delta, "changes": changed,
                       "change_point": min(c["change_point"] for c in changed)}
+        feats = ent.base.obs_dict()  # the window's observed features
         a["features"] = feats
         a["baseline"] = self._baseline(ent, feats)
         a["score"] = max(abs(c["after_mean"] - c["before_mean"]) for c in changed)
         a["threshold"] = {"adwin_delta": self.spec.drift_delta, "min_effect": self.spec.drift_min_effect}
         # the new normal: re-warm the model and the baseline instead of alerting on it for ever
         ent.model = make_model(self.spec.model)
-        ent.mean.clear(); ent.var.clear(); ent.n_normal = 0; del ent.scores[:]
+        ent.base.clear(); ent.n_normal = 0; del ent.scores[:]
         ent.adwins.clear()
         ent.zpeak = 0.0
         return a
 
     # ------------------------------------------------------------------------ alerts
     def _baseline(self, ent: _Entity, feats: dict[str, float]) -> dict:
-        return {k: {"mean": ent.mean[k], "std": math.sqrt(ent.var[k])} for k in feats if k in ent.mean}
+        base = ent.base
+        return {k: {"mean": base.get(k), "std": math.sqrt(base.get_var(k))} for k in feats if k in base}
 
     def _base(self, ent: _Entity, w: ClosedWindow, kind: str, status: str, info: dict | None = None) -> dict:
         spec = self.spec
@@ -670,12 +720,13 @@ class Detector:
         spec = self.spec
         a = self._base(ent, w, kind, status, info)
         imputed = set((info or {}).get("imputed", ()))
+        base = ent.base
         total = sum(abs(v) for v in z.values()) or 1.0
         attribution = sorted(
             ({"feature": k, "share": abs(z[k]) / total,
               "direction": "high" if z[k] > 1 else "low" if z[k] < -1 else "normal",
               "value": feats[k], "z": z[k], "imputed": k in imputed,
-              "baseline": {"mean": ent.mean.get(k), "std": math.sqrt(ent.var[k]) if k in ent.var else None}}
+              "baseline": {"mean": base.get(k), "std": math.sqrt(base.get_var(k)) if k in base else None}}
              for k in z),
             key=lambda r: -r["share"],
         )
@@ -707,7 +758,7 @@ class Detector:
 
         ent = self.entities[eid]
         body = {
-            "labels": ent.labels, "lane": ent.lane, "mean": ent.mean, "var": ent.var, "n_normal": ent.n_normal,
+            "labels": ent.labels, "lane": ent.lane, "mean": ent.base.mean_dict(), "var": ent.base.var_dict(), "n_normal": ent.n_normal,
             "n_windows": ent.n_windows, "scores": list(ent.scores), "expected": ent.expected,
             "incident": ent.incident, "normal_streak": ent.normal_streak,
             "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
@@ -736,7 +787,7 @@ class Detector:
         self.drop(eid)
         eid = sys.intern(eid)
         ent = self.entities[eid] = _Entity(eid, body["labels"], body["lane"])
-        ent.mean, ent.var = body["mean"], body["var"]
+        ent.base.load(body["mean"], body["var"])
         ent.n_normal, ent.n_windows = body["n_normal"], body["n_windows"]
         ent.scores = array("d", body["scores"])
         ent.expected, ent.incident, ent.normal_streak = body["expected"], body["incident"], body["normal_streak"]

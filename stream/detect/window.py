@@ -11,12 +11,13 @@ True
 from __future__ import annotations
 
 import heapq
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from math import floor as _floor
 
 import numpy as np
 
 from stream.detect import _window
+from stream.detect._window import add_sample as _add_sample
 
 SUMMARY_FIELDS = ("count", "mean", "std", "min", "max", "median", "iqr", "delta", "slope",
                   "first_ts", "last_ts", "first_offset", "last_offset", "partition")
@@ -31,9 +32,9 @@ class ClosedWindow:
     late: int = 0
 
 
-@dataclass(slots=True)
-class _Open:
-    slots: dict[str, int] = field(default_factory=dict)
+# One entity's open windows ({start: {metric: slot}}, in creation order), their starts in
+# ascending order (.starts) and the end of its last closed window (.closed_until, None before the first)
+_Windows = _window.EntityWindows
 
 
 class WindowStore:
@@ -49,44 +50,51 @@ class WindowStore:
         self.size = float(size)
         self.lateness = float(lateness)
         self.acc = _window.WindowAccumulators(buffer_size=buffer_size)
-        self.open: dict[tuple[str, float], _Open] = {}
-        self.closed_until: dict[str, float] = {}  # entity -> end of its last closed window
+        # entity -> its windows; every per-entity operation (add, close, export, drop) is O(its
+        # own windows), whatever the number of entities
+        self.entities: dict[str, _Windows] = {}
         self.late = 0
         # one heap of (window start, entity) per lane (a Kafka partition, or 0 offline), so that
         # closing is O(closed windows), not O(open windows), whatever the number of entities
         self.heaps: dict[int, list[tuple[float, str]]] = {}
-        self.starts: dict[str, list[float]] = {}  # entity -> its open window starts, ascending
 
     def window_start(self, ts: float) -> float:
-        return math.floor(ts / self.size) * self.size
+        return _floor(ts / self.size) * self.size
 
     def add(self, entity: str, metric: str, ts: float, value: float, offset: int = -1, partition: int = -1,
             lane: int = 0) -> bool:
-        start = self.window_start(ts)
-        if start < self.closed_until.get(entity, -math.inf):
+        """Fold one sample into its window (opened if need be); False for a late sample."""
+        return self.add_sample(entity, metric, ts, value, offset, partition, lane) is not None
+
+    def add_sample(self, entity: str, metric: str, ts: float, value: float, offset: int, partition: int,
+                   lane: int) -> list[float] | None:
+        """:meth:`add`, returning the entity's open window starts (ascending), or None if late.
+
+        Compiled (:func:`stream.detect._window.add_sample`): the window start is
+        ``math.floor(ts / size) * size``; a sample before the end of the entity's last closed
+        window is late.
+        """
+        starts = _add_sample(self.acc, self.entities, self.heaps, self.size, entity, metric, ts, value,
+                             offset, partition, lane)
+        if starts is None:
             self.late += 1
-            return False
-        w = self.open.get((entity, start))
-        if w is None:
-            w = self.open[(entity, start)] = _Open()
-            heapq.heappush(self.heaps.setdefault(lane, []), (start, entity))
-            lst = self.starts.setdefault(entity, [])
-            lst.append(start)
-            if len(lst) > 1 and lst[-2] > start:
-                lst.sort()
-        slot = w.slots.get(metric)
-        if slot is None:
-            slot = w.slots[metric] = self.acc.alloc()
-        self.acc.add(slot, ts, value, offset, partition)
-        return True
+        return starts
+
+    def has_open(self, entity: str) -> bool:
+        """Whether the entity has open windows."""
+        rec = self.entities.get(entity)
+        return rec is not None and bool(rec.starts)
 
     def close_entity(self, entity: str, event_time: float) -> list[ClosedWindow]:
         """Close the entity's windows that its own event time has passed (end + lateness <= event_time)."""
-        lst = self.starts.get(entity)
+        rec = self.entities.get(entity)
         out = []
+        if rec is None:
+            return out
+        lst = rec.starts
         limit = event_time - self.size - self.lateness
         while lst and lst[0] <= limit:
-            out.append(self._close((entity, lst[0])))
+            out.append(self._close(entity, rec, lst[0]))
         return out
 
     def close_until(self, watermark: float, lane: int = 0, may_close=None) -> list[ClosedWindow]:
@@ -98,59 +106,63 @@ class WindowStore:
         kept = []
         heap = self.heaps.get(lane)
         limit = watermark - self.size - self.lateness
+        ents = self.entities
         while heap and heap[0][0] <= limit:
             start, entity = heapq.heappop(heap)
-            if (entity, start) in self.open:
+            rec = ents.get(entity)
+            if rec is not None and start in rec.wins:
                 if may_close is not None and not may_close(entity):
                     kept.append((start, entity))
                     continue
-                out.append(self._close((entity, start)))
+                out.append(self._close(entity, rec, start))
         for item in kept:
             heapq.heappush(heap, item)
         return out
 
-    def _close(self, key: tuple[str, float]) -> ClosedWindow:
-        entity, start = key
-        w = self.open.pop(key)
-        lst = self.starts[entity]
-        lst.remove(start)
-        if not lst:
-            del self.starts[entity]
-        summary = {}
-        for metric, slot in w.slots.items():
-            summary[metric] = dict(zip(SUMMARY_FIELDS, self.acc.summary(slot)))
-            self.acc.release(slot)
+    def _close(self, entity: str, rec: _Windows, start: float) -> ClosedWindow:
+        slots = rec.wins.pop(start)
+        rec.starts.remove(start)
+        take = self.acc.take_summary  # the summary dict, and the slot released
+        summary = {metric: take(slot) for metric, slot in slots.items()}
         end = start + self.size
-        self.closed_until[entity] = max(self.closed_until.get(entity, -math.inf), end)
+        cu = rec.closed_until
+        if cu is None or end > cu:
+            rec.closed_until = end
         return ClosedWindow(entity, start, end, summary)
 
     # --- durable state ----------------------------------------------------------------
     def export_entity(self, entity: str) -> list:
         """Open windows of one entity as plain data (for the entity's serialized state)."""
-        out = []
-        for (e, start), w in self.open.items():
-            if e == entity:
-                out.append([start, {m: self.acc.get_state(s).tolist() for m, s in w.slots.items()}])
-        return [self.closed_until.get(entity), out]
+        rec = self.entities.get(entity)
+        if rec is None:
+            return [None, []]
+        get = self.acc.get_state
+        return [rec.closed_until,
+                [[start, {m: get(s).tolist() for m, s in slots.items()}] for start, slots in rec.wins.items()]]
 
     def import_entity(self, entity: str, data: list, lane: int = 0) -> None:
         closed_until, wins = data
+        rec = self.entities.get(entity)
+        if rec is None:
+            rec = self.entities[entity] = _Windows()
         if closed_until is not None:
-            self.closed_until[entity] = closed_until
+            rec.closed_until = closed_until
         for start, metrics in wins:
-            w = self.open.get((entity, start))
-            if w is None:
-                w = self.open[(entity, start)] = _Open()
+            slots = rec.wins.get(start)
+            if slots is None:
+                slots = rec.wins[start] = {}
                 heapq.heappush(self.heaps.setdefault(lane, []), (start, entity))
-                self.starts.setdefault(entity, []).append(start)
-                self.starts[entity].sort()
+                rec.starts.append(start)
+                rec.starts.sort()
             for m, state in metrics.items():
-                slot = w.slots[m] = self.acc.alloc()
+                slot = slots[m] = self.acc.alloc()
                 self.acc.set_state(slot, np.asarray(state, dtype=np.float64))
 
     def drop_entity(self, entity: str) -> None:
-        self.starts.pop(entity, None)
-        for key in [k for k in self.open if k[0] == entity]:
-            for slot in self.open.pop(key).slots.values():
-                self.acc.release(slot)
-        self.closed_until.pop(entity, None)
+        """Forget the entity's windows (O(its own windows); its heap entries go stale and are skipped)."""
+        rec = self.entities.pop(entity, None)
+        if rec is not None:
+            release = self.acc.release
+            for slots in rec.wins.values():
+                for slot in slots.values():
+                    release(slot)

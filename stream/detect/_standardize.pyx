@@ -1,0 +1,374 @@
+# cython: language_level=3
+"""An entity's feature baseline in flat arrays, and the per-window vector pass over it (compiled).
+
+Every closed window of an entity becomes a feature vector (``"metric:feature" -> value``), is
+standardized against the entity's baseline — an EWMA of the mean and variance of each feature
+over its normal windows — and, when normal, updates that baseline. These were Python loops over
+~50 features per window and dicts of boxed floats, the engine's largest cost. :class:`Baseline`
+keeps the mean and variance in C arrays (one position per feature key, assigned once per entity)
+and runs the three passes in C with **the same floating-point operations in the same order**, so
+every number is bit-identical to the Python rule (held to a pure-Python reference by
+``tests/unit/test_standardize.py``). Its dict views (:meth:`Baseline.mean_dict`,
+:meth:`Baseline.var_dict`) list the features in the order they entered the baseline, the order
+of the engine's serialized state.
+
+>>> from stream.detect._standardize import Baseline
+>>> keys = {}                                   # metric -> its "metric:feature" keys (shared)
+>>> base = Baseline()
+>>> obs, bad = base.features({"cpu": {"count": 3, "mean": 2.0, "max": float("nan")}},
+...                          {"cpu": 4.0}, ("count", "mean", "max", "availability"), keys)
+>>> obs, bad                                    # NaN left out (and counted)
+({'cpu:count': 3.0, 'cpu:mean': 2.0, 'cpu:availability': 0.75}, 1)
+>>> base.standardize(("count", "availability"))  # no baseline yet: z 0, x 0.5
+({'cpu:count': 0.5, 'cpu:mean': 0.5, 'cpu:availability': 0.5}, 0.0, 0.0, None, 0)
+>>> base.learn(1.0)                             # a feature seen first starts at its value
+>>> _ = base.features({"cpu": {"count": 4, "mean": 4.0, "max": 9.0}}, {"cpu": 4.0},
+...                   ("count", "mean", "max", "availability"), keys)
+>>> base.learn(0.5)                             # m + a (v - m), (1 - a)(var + a (v - m)^2)
+>>> base.mean_dict()
+{'cpu:count': 3.5, 'cpu:mean': 3.0, 'cpu:availability': 0.875, 'cpu:max': 9.0}
+>>> base.var_dict()["cpu:mean"]
+1.0
+>>> _ = base.features({"cpu": {"count": 4, "mean": 5.0, "max": 9.0}}, {"cpu": 4.0},
+...                   ("mean",), {})            # (a key cache holds the keys of one feature tuple)
+>>> x, d2, zmax, zfeat, n_z = base.standardize(("count", "availability"))
+>>> base.z_dict(), x, d2, zmax, zfeat, n_z
+({'cpu:mean': 2.0}, {'cpu:mean': 0.75}, 4.0, 2.0, 'cpu:mean', 1)
+>>> from array import array
+>>> count_below(array("d", [0.1, 0.5, 0.9]), 0.5)
+1
+"""
+from libc.stdlib cimport malloc, realloc, free
+from libc.math cimport sqrt, isfinite
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.float cimport PyFloat_AsDouble
+from cpython.object cimport PyObject
+
+
+
+def feature_keys(dict cache, object metric, tuple feats):
+    """The ``"metric:feature"`` keys of a metric in ``feats`` order, built once and kept in ``cache``
+    (one cache per ``feats`` tuple)."""
+    cdef PyObject* p = PyDict_GetItem(cache, metric)
+    if p != NULL:
+        return <tuple> <object> p
+    keys = tuple([f"{metric}:{f}" for f in feats])
+    cache[metric] = keys
+    return keys
+
+
+cdef class Baseline:
+    """One entity's per-feature EWMA mean and variance, and the scratch of its last window.
+
+    Positions: every feature key the entity ever had gets one, for good (``keys[pos]``); the
+    baseline holds a subset of them (``present``), listed in the order they entered it.
+    ``features`` then ``standardize`` then (for a normal window) ``learn`` work on the vector of
+    the last ``features`` call.
+    """
+
+    cdef public list keys        # position -> key
+    cdef public dict index       # key -> position
+    cdef dict mpos               # metric -> tuple of positions (in feature order)
+    cdef tuple mfeats            # the feature names mpos was built for
+    cdef list order              # positions in the baseline, in the order they entered it
+    cdef double* mean
+    cdef double* var
+    cdef char* present
+    cdef Py_ssize_t cap
+    # the last window's vector (obs order): positions, values, z
+    cdef int* opos
+    cdef double* oval
+    cdef double* oz
+    cdef Py_ssize_t on, ocap, zn
+
+    def __cinit__(self):
+        self.keys = []
+        self.index = {}
+        self.mpos = {}
+        self.mfeats = None
+        self.order = []
+        self.mean = self.var = NULL
+        self.present = NULL
+        self.cap = 0
+        self.opos = NULL
+        self.oval = self.oz = NULL
+        self.on = self.ocap = self.zn = 0
+
+    def __dealloc__(self):
+        free(self.mean)
+        free(self.var)
+        free(self.present)
+        free(self.opos)
+        free(self.oval)
+        free(self.oz)
+
+    # -- positions --------------------------------------------------------------------------
+    cdef int _grow(self, Py_ssize_t need) except -1:
+        cdef Py_ssize_t cap = self.cap, i
+        if need <= cap:
+            return 0
+        cap = max(need, 2 * cap, 16)
+        m = <double*> realloc(self.mean, cap * sizeof(double))
+        if m == NULL:
+            raise MemoryError()
+        self.mean = m
+        v = <double*> realloc(self.var, cap * sizeof(double))
+        if v == NULL:
+            raise MemoryError()
+        self.var = v
+        p = <char*> realloc(self.present, cap)
+        if p == NULL:
+            raise MemoryError()
+        self.present = p
+        for i in range(self.cap, cap):
+            self.present[i] = 0
+            self.mean[i] = 0.0
+            self.var[i] = 0.0
+        self.cap = cap
+        return 0
+
+    cdef int _ogrow(self, Py_ssize_t need) except -1:
+        cdef Py_ssize_t cap = self.ocap
+        if need <= cap:
+            return 0
+        cap = max(need, 2 * cap, 64)
+        a = <int*> realloc(self.opos, cap * sizeof(int))
+        if a == NULL:
+            raise MemoryError()
+        self.opos = a
+        b = <double*> realloc(self.oval, cap * sizeof(double))
+        if b == NULL:
+            raise MemoryError()
+        self.oval = b
+        c = <double*> realloc(self.oz, cap * sizeof(double))
+        if c == NULL:
+            raise MemoryError()
+        self.oz = c
+        self.ocap = cap
+        return 0
+
+    cdef Py_ssize_t _pos(self, object key) except -1:
+        cdef PyObject* p = PyDict_GetItem(self.index, key)
+        cdef Py_ssize_t pos
+        if p != NULL:
+            return <Py_ssize_t> (<object> p)
+        pos = len(self.keys)
+        self._grow(pos + 1)
+        self.keys.append(key)
+        self.index[key] = pos
+        return pos
+
+    cdef tuple _mpos(self, object metric, tuple keys):
+        cdef PyObject* p = PyDict_GetItem(self.mpos, metric)
+        if p != NULL:
+            return <tuple> <object> p
+        t = tuple([self._pos(k) for k in keys])
+        self.mpos[metric] = t
+        return t
+
+    # -- the per-window passes ----------------------------------------------------------------
+    def features(self, dict summary, dict expected, tuple feats, dict cache, bint build=True):
+        """``({"metric:feature": value}, number of non-finite values left out)`` of one window.
+
+        Metrics in sorted order, features in ``feats`` order; ``availability`` is the window's
+        count over the metric's expected count, capped at 1 (1 without an expectation). A NaN or
+        infinite value never reaches a model: it is left out (treated as missing) and counted.
+        The vector is also kept for :meth:`standardize` and :meth:`learn`; with ``build=False``
+        the dict is not built (``None``; :meth:`obs_dict` builds it later).
+        """
+        cdef dict obs = {} if build else None
+        cdef Py_ssize_t n_bad = 0, j, nf = len(feats), n = 0
+        cdef tuple keys, pos
+        cdef dict s
+        cdef PyObject* e
+        cdef double v
+        if feats is not self.mfeats:
+            if self.mfeats is not None and feats != self.mfeats:
+                self.mpos = {}
+            self.mfeats = feats
+        self._ogrow(len(summary) * nf)
+        for metric in sorted(summary):
+            s = <dict> summary[metric]
+            keys = feature_keys(cache, metric, feats)
+            pos = self._mpos(metric, keys)
+            for j in range(nf):
+                f = feats[j]
+                if f == "availability":
+                    e = PyDict_GetItem(expected, metric)
+                    if e == NULL:
+                        v = 1.0
+                    else:
+                        exp_o = <object> e
+                        if exp_o:
+                            v = PyFloat_AsDouble(s["count"] / exp_o)  # as Python divides (int / float)
+                            if not (v < 1.0):  # min(1.0, v)
+                                v = 1.0
+                        else:
+                            v = 1.0
+                else:
+                    v = PyFloat_AsDouble(s[f])
+                if not isfinite(v):
+                    n_bad += 1
+                    continue
+                if build:
+                    PyDict_SetItem(obs, keys[j], v)
+                self.opos[n] = <int> (<Py_ssize_t> pos[j])
+                self.oval[n] = v
+                n += 1
+        self.on = n
+        self.zn = 0
+        return obs, n_bad
+
+    def standardize(self, tuple presence, double inv_scale=0.125):
+        """z of every feature of the last vector against the baseline, and the window's tests.
+
+        Returns ``(x, d2, zmax, zfeat, n_z)``: x the z squashed into [0, 1] for the trees (a dict
+        in vector order; a feature without a baseline gets z 0 and x 0.5); d2 the sum of squared
+        z; n_z the number of non-degenerate features (std above a floor relative to the mean);
+        zmax / zfeat the largest |z| among those whose key does not end with one of ``presence``
+        (0.0 / None if none). ``x = clip(0.5 + z * inv_scale, 0, 1)`` (the engine: 1 / 8, z in
+        [-4, 4] onto [0, 1]). The z values: :meth:`z_dict`.
+        """
+        cdef dict x = {}
+        cdef Py_ssize_t i, p, n_z = 0
+        cdef double v, m, sd, am, floor, zk, t, a, d2 = 0.0, zmax = 0.0
+        cdef list keys = self.keys
+        zfeat = None
+        for i in range(self.on):
+            p = self.opos[i]
+            k = keys[p]
+            if not self.present[p]:
+                self.oz[i] = 0.0
+                PyDict_SetItem(x, k, 0.5)
+                continue
+            m = self.mean[p]
+            v = self.oval[i]
+            sd = sqrt(self.var[p])
+            am = m if m >= 0.0 else -m
+            floor = 1e-3 * (am if am > 1e-9 else 1e-9) + 1e-9  # a constant feature still gets a finite z
+            zk = (v - m) / (sd if sd > floor else floor)
+            self.oz[i] = zk
+            d2 += zk * zk
+            t = 0.5 + zk * inv_scale
+            PyDict_SetItem(x, k, 0.0 if t < 0.0 else (1.0 if t > 1.0 else t))
+            if sd > floor:  # n_z (the Bonferroni count) includes non-degenerate presence features
+                n_z += 1
+                a = zk if zk >= 0.0 else -zk
+                if a > zmax and not k.endswith(presence):
+                    zmax = a
+                    zfeat = k
+        self.zn = self.on
+        return x, d2, zmax, zfeat, n_z
+
+    @property
+    def n_obs(self):
+        """The number of features in the last vector."""
+        return self.on
+
+    def obs_dict(self):
+        """``{key: value}`` of the last vector (what :meth:`features` returned), in vector order."""
+        cdef dict out = {}
+        cdef Py_ssize_t i
+        for i in range(self.on):
+            PyDict_SetItem(out, self.keys[self.opos[i]], self.oval[i])
+        return out
+
+    def z_dict(self):
+        """``{key: z}`` of the last :meth:`standardize`, in vector order."""
+        cdef dict z = {}
+        cdef Py_ssize_t i
+        for i in range(self.zn):
+            PyDict_SetItem(z, self.keys[self.opos[i]], self.oz[i])
+        return z
+
+    def learn(self, double a):
+        """Fold the last vector into the baseline with weight ``a``.
+
+        mean <- m + a (v - m), var <- (1 - a)(var + a (v - m)^2); a feature new to the baseline
+        starts at its value with variance 0 (and is listed after the others).
+        """
+        cdef double b = 1.0 - a, v, m, d
+        cdef Py_ssize_t i, p
+        for i in range(self.on):
+            p = self.opos[i]
+            v = self.oval[i]
+            if not self.present[p]:
+                self.present[p] = 1
+                self.mean[p] = v
+                self.var[p] = 0.0
+                self.order.append(p)
+                continue
+            m = self.mean[p]
+            d = v - m
+            self.mean[p] = m + a * d
+            self.var[p] = b * (self.var[p] + a * d * d)
+
+    # -- dict views (alerts, durable state) -------------------------------------------------
+    def get(self, key, default=None):
+        """The baseline mean of ``key`` (``default`` if the baseline has no such feature)."""
+        cdef PyObject* p = PyDict_GetItem(self.index, key)
+        if p == NULL or not self.present[<Py_ssize_t> (<object> p)]:
+            return default
+        return self.mean[<Py_ssize_t> (<object> p)]
+
+    def get_var(self, key, default=None):
+        """The baseline variance of ``key`` (``default`` if the baseline has no such feature)."""
+        cdef PyObject* p = PyDict_GetItem(self.index, key)
+        if p == NULL or not self.present[<Py_ssize_t> (<object> p)]:
+            return default
+        return self.var[<Py_ssize_t> (<object> p)]
+
+    def __contains__(self, key):
+        cdef PyObject* p = PyDict_GetItem(self.index, key)
+        return p != NULL and self.present[<Py_ssize_t> (<object> p)] != 0
+
+    def __len__(self):
+        return len(self.order)
+
+    def mean_dict(self):
+        """``{key: mean}`` in the order the features entered the baseline."""
+        cdef dict out = {}
+        cdef list keys = self.keys
+        for p in self.order:
+            PyDict_SetItem(out, keys[p], self.mean[<Py_ssize_t> p])
+        return out
+
+    def var_dict(self):
+        """``{key: variance}`` in the order the features entered the baseline."""
+        cdef dict out = {}
+        cdef list keys = self.keys
+        for p in self.order:
+            PyDict_SetItem(out, keys[p], self.var[<Py_ssize_t> p])
+        return out
+
+    def clear(self):
+        """Forget every feature (positions are kept; features re-enter in their new order).
+
+        The last window's vector and z stay readable (an alert of that window may follow).
+        """
+        cdef Py_ssize_t i
+        for i in range(self.cap):
+            self.present[i] = 0
+        self.order = []
+
+    def load(self, dict mean, dict var):
+        """Replace the baseline with ``mean`` / ``var`` dicts (same keys, in baseline order)."""
+        cdef Py_ssize_t p
+        if list(mean) != list(var):
+            raise ValueError("baseline mean and var must have the same keys in the same order")
+        self.clear()
+        for k, m in mean.items():
+            p = self._pos(k)
+            self.mean[p] = PyFloat_AsDouble(m)
+            self.var[p] = PyFloat_AsDouble(var[k])
+            self.present[p] = 1
+            self.order.append(p)
+
+
+def count_below(double[::1] scores, double score):
+    """How many of ``scores`` are strictly below ``score`` (the grade's numerator)."""
+    cdef Py_ssize_t i, n = scores.shape[0], c = 0
+    for i in range(n):
+        if score > scores[i]:
+            c += 1
+    return c
