@@ -113,20 +113,7 @@ class Router:
         targets = self.targets
         for src_p, src_o, samples in batch:
             for s in samples:
-                row = (s.metric, s.ts, s.value)
-                for eid, elabels, p in targets(s.metric, s.labels, s.series):
-                    ents = out.get(p)
-                    if ents is None:
-                        ents = out[p] = {}
-                    ent = ents.get(eid)
-                    if ent is None:
-                        ent = ents[eid] = [elabels, [[src_p, src_o, [row]]]]
-                        continue
-                    last = ent[1][-1]
-                    if last[1] == src_o and last[0] == src_p:
-                        last[2].append(row)
-                    else:
-                        ent[1].append([src_p, src_o, [row]])
+                _fold(out, targets(s.metric, s.labels, s.series), (s.metric, s.ts, s.value), src_p, src_o)
         return out
 
     def add_message(self, raw: bytes | None, src_p: int, src_o: int, out: dict[int, dict[str, list]], *,
@@ -172,20 +159,7 @@ class Router:
         if len(self._fast) >= self.CACHE_MAX:
             self._fast.clear()
         self._fast[(s.metric, *s.labels.items())] = (s.series, hits)
-        row = (s.metric, s.ts, s.value)
-        for eid, elabels, p in hits:
-            ents = out.get(p)
-            if ents is None:
-                ents = out[p] = {}
-            ent = ents.get(eid)
-            if ent is None:
-                ents[eid] = [elabels, [[src_p, src_o, [row]]]]
-                continue
-            last = ent[1][-1]
-            if last[1] == src_o and last[0] == src_p:
-                last[2].append(row)
-            else:
-                ent[1].append([src_p, src_o, [row]])
+        _fold(out, hits, (s.metric, s.ts, s.value), src_p, src_o)
 
     @staticmethod
     def encode(out: dict[int, dict[str, list]]) -> dict[int, bytes]:
@@ -199,6 +173,25 @@ class Router:
 
 
 Chunks = list  # [[source partition, source offset, rows], ...]
+
+
+def _fold(out: dict[int, dict[str, list]], hits: list, row: tuple, src_p: int, src_o: int) -> None:
+    """Append one sample's row to each target entity's chunk for its source message in ``out``
+    (a new chunk when the entity's last one came from another message). The compiled
+    :func:`stream._route.route_items` does the same."""
+    for eid, elabels, p in hits:
+        ents = out.get(p)
+        if ents is None:
+            ents = out[p] = {}
+        ent = ents.get(eid)
+        if ent is None:
+            ents[eid] = [elabels, [[src_p, src_o, [row]]]]
+            continue
+        last = ent[1][-1]
+        if last[1] == src_o and last[0] == src_p:
+            last[2].append(row)
+        else:
+            ent[1].append([src_p, src_o, [row]])
 
 
 def decode_payload(raw: bytes, key: bytes | None) -> dict[str, tuple[dict[str, str] | None, Chunks]]:

@@ -105,19 +105,12 @@ cdef class WindowAccumulators:
         """(count, mean, std, min, max, median, iqr, delta, slope, first_ts, last_ts, first_offset, last_offset, partition)."""
         cdef double[:, ::1] a = self.acc
         cdef double n = a[slot, C_N]
-        cdef int k, i
+        cdef double q1, med, q3
         if n == 0:
             return (0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, -1, -1, -1)
-        cdef double tmp[256]
-        cdef double q1, med, q3
-        k = <int>min(n, self.buffer_size)
-        k = min(k, 256)
-        for i in range(k):
-            tmp[i] = self.buf[slot, i]
-        _insertion_sort(tmp, k)
-        q1 = _quantile_sorted(tmp, k, 0.25)
-        med = _quantile_sorted(tmp, k, 0.5)
-        q3 = _quantile_sorted(tmp, k, 0.75)
+        cdef double q[3]
+        _quartiles(self.buf, slot, n, self.buffer_size, q)
+        q1, med, q3 = q[0], q[1], q[2]
         std = sqrt(a[slot, C_M2] / n)
         slope = a[slot, C_C_TV] / a[slot, C_M2_T] if a[slot, C_M2_T] > 0 else 0.0
         return (int(n), a[slot, C_MEAN], std, a[slot, C_MIN], a[slot, C_MAX], float(med), float(q3 - q1),
@@ -133,21 +126,14 @@ cdef class WindowAccumulators:
         cdef double[:, ::1] a = self.acc
         cdef double[:, ::1] b = self.buf
         cdef double n = a[slot, C_N]
-        cdef int k, i
-        cdef double tmp[256]
         cdef double q1, med, q3, std, slope
         if n == 0:
             out = dict(zip(_FIELDS, self.summary(slot)))
             self.release(slot)
             return out
-        k = <int>min(n, self.buffer_size)
-        k = min(k, 256)
-        for i in range(k):
-            tmp[i] = b[slot, i]
-        _insertion_sort(tmp, k)
-        q1 = _quantile_sorted(tmp, k, 0.25)
-        med = _quantile_sorted(tmp, k, 0.5)
-        q3 = _quantile_sorted(tmp, k, 0.75)
+        cdef double q[3]
+        _quartiles(b, slot, n, self.buffer_size, q)
+        q1, med, q3 = q[0], q[1], q[2]
         std = sqrt(a[slot, C_M2] / n)
         slope = a[slot, C_C_TV] / a[slot, C_M2_T] if a[slot, C_M2_T] > 0 else 0.0
         out = {"count": int(n), "mean": a[slot, C_MEAN], "std": std, "min": a[slot, C_MIN],
@@ -169,6 +155,19 @@ cdef class WindowAccumulators:
         self.acc[slot, :] = state[:NCOL]
         k = state.shape[0] - NCOL
         self.buf[slot, :k] = state[NCOL:]
+
+
+cdef inline void _quartiles(double[:, ::1] buf, long slot, double n, int buffer_size, double* q) noexcept:
+    """q[0..2] = first quartile, median, third quartile of the slot's buffered values."""
+    cdef double tmp[256]
+    cdef int i, k = <int>min(n, buffer_size)
+    k = min(k, 256)
+    for i in range(k):
+        tmp[i] = buf[slot, i]
+    _insertion_sort(tmp, k)
+    q[0] = _quantile_sorted(tmp, k, 0.25)
+    q[1] = _quantile_sorted(tmp, k, 0.5)
+    q[2] = _quantile_sorted(tmp, k, 0.75)
 
 
 cdef inline void _insertion_sort(double* x, int n) noexcept nogil:
