@@ -19,6 +19,7 @@ Two agents:
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import zlib
@@ -511,5 +512,11 @@ def run_worker(settings: Settings | None = None, loglevel: str | None = None) ->
     # the level is WARNING or above: every aiokafka/faust debug call then built a LogRecord on the
     # hot path (~6 % of the worker's CPU in the load test). No spinner: the level stays as asked.
     worker.spinner = None
+    # Everything imported and built so far (Faust, aiokafka, scipy, river, numpy: ~1M objects)
+    # lives as long as the process; frozen, the cyclic garbage collector stops rescanning it on
+    # every full collection, which had paused the worker for up to ~1 s every ~10 s under load
+    # (the load test's alert-latency tail came in bursts at that period).
+    gc.collect()
+    gc.freeze()
     worker.execute_from_commandline()
     return 0
