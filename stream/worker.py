@@ -512,10 +512,10 @@ def run_worker(settings: Settings | None = None, loglevel: str | None = None) ->
     # the level is WARNING or above: every aiokafka/faust debug call then built a LogRecord on the
     # hot path (~6 % of the worker's CPU in the load test). No spinner: the level stays as asked.
     worker.spinner = None
-    # Everything imported and built so far (Faust, aiokafka, scipy, river, numpy: ~1M objects)
-    # lives as long as the process; frozen, the cyclic garbage collector stops rescanning it on
-    # every full collection, which had paused the worker for up to ~1 s every ~10 s under load
-    # (the load test's alert-latency tail came in bursts at that period).
+    # Everything imported and built so far (Faust, aiokafka, scipy, river, numpy: ~130k tracked
+    # objects) lives as long as the process; frozen, the cyclic garbage collector stops rescanning
+    # it on every full collection (~140 ms each, measured on the busy 2-core machine). Suspected,
+    # not proven, cause of the load test's alert-latency tail, which came in bursts ~10 s apart.
     gc.collect()
     gc.freeze()
     worker.execute_from_commandline()
