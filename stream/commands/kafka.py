@@ -46,7 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p_up = sub.add_parser("up", help="start the broker (idempotent)", description=UP_DESCRIPTION,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p_up.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
-                      help="how long to wait for the broker to answer (default: %(default)s)")
+                      help="give up when the broker neither answers nor writes to its log for this "
+                           "long; one still loading a large data dir keeps logging and is waited for "
+                           "(up to 10x this) (default: %(default)s)")
     p_up.add_argument("--jar-cache", metavar="DIR", default=None,
                       help="folder of cached jars (default: <STREAM_STATE_DIR>/kafka-jars)")
     p_up.set_defaults(func=cmd_up)
@@ -87,7 +89,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings()
     t0 = time.monotonic()
     try:
-        info = up(settings, wait=args.wait, jar_cache=args.jar_cache)
+        info = up(settings, wait=args.wait, jar_cache=args.jar_cache,
+                  progress=lambda s: print(f"  still starting after {s:.0f} s (loading its data; "
+                                           "see the broker log)", file=sys.stderr, flush=True))
     except LauncherError as exc:
         print(f"stream kafka up: {exc}", file=sys.stderr)
         return 1

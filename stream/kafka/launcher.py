@@ -39,7 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from stream.settings import Settings
 
@@ -605,20 +605,46 @@ def probe(bootstrap: str, timeout: float = 5.0) -> bool:
         return False
 
 
-def _wait_ready(pid: int, settings: Settings, paths: BrokerPaths, wait: float) -> None:
-    deadline = time.monotonic() + wait
+_WAIT_CAP = 10  # a broker that keeps logging but never answers is stopped after 10 x wait
+
+def _log_size(paths: BrokerPaths) -> int:
+    try:
+        return paths.log_file.stat().st_size
+    except OSError:
+        return -1
+
+
+def _wait_ready(pid: int, settings: Settings, paths: BrokerPaths, wait: float,
+                progress: Callable[[float], None] | None = None) -> None:
+    """Return once the broker answers; raise TimeoutError when it stalls.
+
+    ``wait`` bounds the time the broker may go *without progress*: neither answering nor writing
+    to its log. A broker that is still loading (a data dir with thousands of partitions takes
+    minutes, and it logs as it goes) is not killed half-way; one that hangs silently is, after
+    ``wait`` s. In all it never waits more than ``_WAIT_CAP`` times ``wait``. ``progress`` is
+    called with the seconds waited so far, about every 10 s.
+    """
+    start = last_progress = last_report = time.monotonic()
     bootstrap = bootstrap_of(settings)
+    size = _log_size(paths)
     while True:
         if not _alive(pid):
             raise LauncherError(
                 f"the Kafka broker (pid {pid}) exited during start; last lines of {paths.log_file}:\n"
                 + log_tail(paths)
             )
-        left = deadline - time.monotonic()
+        now = time.monotonic()
+        grown = _log_size(paths)
+        if grown != size:
+            size, last_progress = grown, now
+        left = min(last_progress + wait, start + _WAIT_CAP * wait) - now
         if left <= 0:
             raise TimeoutError
         if _port_open(settings.kafka_port) and probe(bootstrap, timeout=min(5.0, max(left, 1.0))):
             return
+        if progress is not None and now - last_report >= 10.0:
+            last_report = now
+            progress(now - start)
         time.sleep(0.25)
 
 
@@ -656,12 +682,15 @@ def up(
     extra_listeners: Sequence[Listener] | None = None,
     wait: float = 60.0,
     jar_cache: str | os.PathLike | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> BrokerInfo:
     """Start the broker of ``settings`` (or return the one already running) and wait until ready.
 
     Idempotent: a live broker named by the pid file is returned as is (after waiting for it to
     answer). Raises :class:`LauncherError` when a port is taken by something else, when the JVM
-    exits, or when it does not answer within ``wait`` seconds (it is then stopped again).
+    exits, or when it neither answers nor logs anything for ``wait`` seconds (it is then stopped
+    again; a broker still loading its data keeps logging, see :func:`_wait_ready`).
+    ``progress(seconds)`` is called about every 10 s while it waits.
     """
     extra = tuple(extra_listeners or ())
     paths = BrokerPaths.for_settings(settings)
@@ -670,11 +699,12 @@ def up(
         pid = _running_pid(paths)
         if pid is not None:
             try:
-                _wait_ready(pid, settings, paths, wait)
+                _wait_ready(pid, settings, paths, wait, progress)
             except TimeoutError:
                 raise LauncherError(
                     f"the Kafka broker (pid {pid}) runs but does not answer on {bootstrap_of(settings)} "
-                    f"after {wait:.0f} s; see {paths.log_file} or restart it with `stream kafka down`"
+                    f"and logged nothing for {wait:.0f} s; see {paths.log_file} or restart it with "
+                    "`stream kafka down`"
                 ) from None
             return _info_from_file(paths, settings, pid, already=True)
 
@@ -709,13 +739,15 @@ def up(
         }
         paths.info_file.write_text(json.dumps(meta, indent=2) + "\n")
         try:
-            _wait_ready(proc.pid, settings, paths, wait)
+            _wait_ready(proc.pid, settings, paths, wait, progress)
         except TimeoutError:
             tail = log_tail(paths)
+            took = time.time() - started_at
             _stop(proc.pid, paths, timeout=10)
             raise LauncherError(
-                f"the Kafka broker did not answer on {bootstrap_of(settings)} within {wait:.0f} s and "
-                f"was stopped; last lines of {paths.log_file}:\n{tail}"
+                f"the Kafka broker did not answer on {bootstrap_of(settings)} (it logged nothing for "
+                f"{wait:.0f} s, or kept logging for {took:.0f} s without answering) and was stopped; "
+                f"last lines of {paths.log_file}:\n{tail}"
             ) from None
         except BaseException:
             if not _alive(proc.pid):

@@ -87,6 +87,44 @@ def test_cli_help_everywhere(capsys):
     assert "STREAM_KAFKA_PORT" in out and "--json" in out and "SIGKILL" in out
 
 
+def _fake_broker(paths: "launcher.BrokerPaths", logging_every: float | None):
+    """A live process standing in for a starting broker that never answers: it appends a line
+    to the broker log every ``logging_every`` s (a broker loading its data), or writes nothing."""
+    import subprocess
+    import sys
+
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.log_file.write_text("starting\n")
+    code = ("import sys, time\n"
+            "while True:\n"
+            + (f"    open(sys.argv[1], 'a').write('loading\\n'); time.sleep({logging_every})\n"
+               if logging_every else "    time.sleep(1)\n"))
+    return subprocess.Popen([sys.executable, "-c", code, str(paths.log_file)])
+
+
+@pytest.mark.parametrize("logging", [True, False], ids=["still-logging", "silent"])
+def test_wait_ready_waits_for_a_broker_that_is_still_loading_not_for_a_silent_one(tmp_path, monkeypatch, logging):
+    # the CI failure this guards against: a restarted broker loading thousands of partitions
+    # was killed at the fixed deadline while it was still making progress
+    s = settings_for(tmp_path)  # a free port nobody answers on
+    paths = launcher.BrokerPaths.for_settings(s)
+    monkeypatch.setattr(launcher, "_WAIT_CAP", 4)
+    proc = _fake_broker(paths, 0.2 if logging else None)
+    reports: list[float] = []
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            launcher._wait_ready(proc.pid, s, paths, wait=1.0, progress=reports.append)
+    finally:
+        proc.kill()
+        proc.wait()
+    took = time.monotonic() - t0
+    if logging:
+        assert took >= 3.5, took  # kept waiting past `wait` while the log grew, up to the cap (4 x 1 s)
+    else:
+        assert took < 3.0, took   # nothing logged for `wait` s: gave up, long before the cap
+
+
 # ---------------------------------------------------------------------------------------------
 # a real broker
 
