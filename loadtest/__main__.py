@@ -19,16 +19,20 @@ def main(argv=None) -> int:
         "Event time is a history replay: it runs much faster than wall time, so windows close quickly.")
     r.add_argument("--report", required=True, type=Path, help="output JSON path (OUT.md and OUT-*.png beside it)")
     r.add_argument("--quick", action="store_true",
-                   help="small run (< 5 min): 100 entities x 5 metrics scraped every 30 s, 2 h of event time (shorter "
+                   help="small run (< 5 min): 100 entities x 5 metrics scraped every 30 s, 6 h of event time (shorter "
                    "injections), 3 injections per kind, 30 s fixed-rate phase")
     r.add_argument("--bootstrap", default=None, help="Kafka bootstrap HOST:PORT (default STREAM_BOOTSTRAP_SERVERS "
                    "or 127.0.0.1:9092)")
-    r.add_argument("--entities", type=int, help="entities (default 1000; quick 200)")
+    r.add_argument("--entities", type=int, help="entities (default 1000; quick 100)")
     r.add_argument("--metrics", type=int, help="metrics per entity (default 5)")
     r.add_argument("--batch", type=int, help="entities per input message, i.e. batch x metrics samples per message "
                    "(default 25: 125 samples, a small collector / remote-write batch; 1: one message per entity)")
     r.add_argument("--step", type=float, help="scrape interval in event-time seconds (default 30)")
-    r.add_argument("--hours", type=float, help="event time replayed in the max-rate phase (default 3; quick 2)")
+    r.add_argument("--hours", type=float, help="event time replayed in the max-rate phase (default 3; quick 6)")
+    r.add_argument("--warmup", type=float, metavar="FRACTION",
+                   help="share of the max-rate phase's scrapes every system processes first, unmeasured, so "
+                   "samples/s is the sustained rate and not an average with start-up (series and models are "
+                   "created there) (default 0.1; 0: none)")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--rate", type=float, help="messages/s of the service's first phase (default: as fast as possible)")
     g.add_argument("--max-rate", action="store_true", help="first phase as fast as possible (the default)")
@@ -56,10 +60,10 @@ def main(argv=None) -> int:
 
     cfg = Config(quick=args.quick)
     if args.quick:
-        cfg.entities, cfg.hours, cfg.duration, cfg.step, cfg.per_kind = 100, 2.0, 30.0, 30.0, 3
+        cfg.entities, cfg.hours, cfg.duration, cfg.step, cfg.per_kind = 100, 6.0, 30.0, 30.0, 3
         cfg.durations = {"level": 1200.0, "variance": 900.0, "drift": 2400.0, "missing": 900.0}
     cfg.bootstrap = args.bootstrap or os.environ.get("STREAM_BOOTSTRAP_SERVERS", cfg.bootstrap)
-    for name in ("entities", "metrics", "batch", "step", "hours", "rate", "second_rate", "duration", "partitions", "per_kind"):
+    for name in ("entities", "metrics", "batch", "step", "hours", "warmup", "rate", "second_rate", "duration", "partitions", "per_kind"):
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
@@ -76,6 +80,8 @@ def main(argv=None) -> int:
         cfg.worker_env[name] = value
     if cfg.batch < 1:
         p.error("--batch must be >= 1")
+    if not 0.0 <= cfg.warmup < 1.0:
+        p.error("--warmup must be in [0, 1)")
     report = run(cfg, args.report)
     print(args.report.with_suffix(".md").read_text())
     return 0 if report else 1

@@ -42,6 +42,10 @@ class Config:
     metrics: int = 5
     step: float = 30.0
     hours: float = 3.0
+    # share of the phase-1 scrapes every system processes first, unmeasured: series and models are
+    # created there (river builds a HalfSpaceTrees per series on first sight: ~25 s for 500 series
+    # in the naive pipeline), so samples/s is the sustained rate, not an average with start-up
+    warmup: float = 0.1
     rate: float | None = None  # phase-1 messages/s; None = as fast as possible
     second_rate: float | None = None  # phase-2 messages/s; None = half the phase-1 rate
     duration: float = 60.0  # wall seconds of phase 2 (0: no phase 2)
@@ -436,6 +440,11 @@ def _rates(feed: Feed, t_start: float, t_end: float, t_produced: float) -> dict:
             "samples_per_s": feed.samples / el, "messages_per_s": len(feed) / el}
 
 
+def _warm_figures(warm: dict) -> dict:
+    """The unmeasured warm-up run of a system, for the record (start-up cost, not throughput)."""
+    return {k: warm[k] for k in ("messages", "samples", "seconds", "cpu_seconds", "cpu_us_per_sample")}
+
+
 def _series(sampler: Sampler) -> list[list[float]]:
     return [[round(t, 3), c, e, l] for t, c, e, l in sampler.series]
 
@@ -478,7 +487,10 @@ def run_service_phase(dep: Deployment, feed: Feed, rate: float | None, label: st
     return res, times, series
 
 
-def run_reference(kind: str, cfg: Config, tmp: Path, tag: str, feed: Feed) -> tuple[dict, list]:
+def run_reference(kind: str, cfg: Config, tmp: Path, tag: str, feed: Feed,
+                  warmup: Feed | None = None) -> tuple[dict, list]:
+    """Run the ceiling or the naive pipeline on ``warmup`` (unmeasured, when given) and then on
+    ``feed`` (measured), as the service is run."""
     topic, group = f"lt-{kind}-{tag}", f"lt-{kind}-{tag}"
     _create_topic(cfg.bootstrap, topic, cfg.partitions)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("STREAM_")},
@@ -501,17 +513,29 @@ def run_reference(kind: str, cfg: Config, tmp: Path, tag: str, feed: Feed) -> tu
         _group_stable(cfg.bootstrap, group, 180, proc)
         time.sleep(1.0)  # the agent's fetcher starts right after the assignment
     try:
+        base = 0
+        warm = None
+        if warmup is not None:
+            cpu0 = _proc_cpu_s(proc.pid)
+            _times, t_prod, t_end, t0, _s = _produce_and_catch_up(
+                cfg.bootstrap, group, [topic], topic, warmup, None, f"{kind} warm-up", cfg.timeout, proc)
+            warm = _rates(warmup, t0, t_end, t_prod)
+            warm.update(_cpu_figures(_proc_cpu_s(proc.pid) - cpu0, warmup.samples))
+            log(f"[{kind} warm-up] caught up: {warm['seconds']:.1f}s")
+            base = len(warmup)
         cpu0 = _proc_cpu_s(proc.pid)
         _times, t_prod, t_end, t0, sampler = _produce_and_catch_up(
-            cfg.bootstrap, group, [topic], topic, feed, None, kind, cfg.timeout, proc)
+            cfg.bootstrap, group, [topic], topic, feed, None, kind, cfg.timeout, proc, base)
         res = _rates(feed, t0, t_end, t_prod)
         res.update(_cpu_figures(_proc_cpu_s(proc.pid) - cpu0, feed.samples))
+        if warm is not None:
+            res["warmup"] = _warm_figures(warm)
         res["rss_peak_bytes"] = _proc_kib(proc.pid, "VmHWM")
         # the ceiling can only be as fast as the producer: flag it when that is what was measured
         res["bound_by_producer"] = res["seconds"] - res["produce_seconds"] < 0.3
         log(f"[{kind}] caught up: {res['samples_per_s']:,.0f} samples/s, {res['messages_per_s']:,.0f} msgs/s "
             f"({res['seconds']:.1f}s; produce took {res['produce_seconds']:.1f}s)")
-        return res, _series(sampler)
+        return res, [[t, c - base, e - base, lag] for t, c, e, lag in _series(sampler)]
     finally:
         _stop(proc)
 
@@ -592,7 +616,7 @@ def _pct(xs: list[float]) -> dict:
             "p99": float(np.percentile(a, 99)), "max": float(a.max()), "n": len(xs)}
 
 
-def offline_alerts(wl: Workload, feed: Feed, window: float) -> list[dict]:
+def offline_alerts(wl: Workload, feeds: list[Feed], window: float) -> list[dict]:
     import orjson
     import yaml
 
@@ -601,7 +625,7 @@ def offline_alerts(wl: Workload, feed: Feed, window: float) -> list[dict]:
 
     det = Detector(DetectorSpec.from_dict(yaml.safe_load(spec_yaml(window)), source="loadtest.yaml"))
     out: list[dict] = []
-    for val in feed.values:
+    for val in (v for feed in feeds for v in feed.values):
         for s in orjson.loads(val)["samples"]:
             out += det.ingest(s["metric"], s["labels"], s["ts"], s["value"])
     return out
@@ -669,14 +693,18 @@ def run(cfg: Config, report_path: Path) -> dict:
     log(f"load test {tag}: {cfg.entities} entities x {cfg.metrics} metrics, scrape every {cfg.step:g}s, "
         f"{cfg.hours:g} h of event time; {len(wl.anomalies)} injections; tmp {tmp}")
     t = time.time()
-    feed1 = Feed(wl, 0, k1, cfg.batch)
-    log(f"generated {len(feed1):,} messages / {feed1.samples:,} samples in {time.time() - t:.1f}s")
+    kw = min(k1 - 1, math.ceil(cfg.warmup * k1)) if cfg.warmup > 0 else 0
+    feed_w = Feed(wl, 0, kw, cfg.batch) if kw > 0 else None
+    feed1 = Feed(wl, kw, k1, cfg.batch)
+    n_w = len(feed_w) if feed_w is not None else 0
+    log(f"generated {n_w + len(feed1):,} messages / {(feed_w.samples if feed_w else 0) + feed1.samples:,} samples "
+        f"in {time.time() - t:.1f}s (warm-up: the first {kw} of {k1} scrapes, {n_w:,} messages, not measured)")
     report: dict = {"config": {**asdict(cfg), "tag": tag, "scrape_interval_s": cfg.step,
                                "event_time_start": t0_evt, "spec": spec_yaml(cfg.window),
                                "spec_note": "temp spec: group_by [entity], every metric of an entity in one vector",
                                "injections_per_kind_and_phase": per_kind, "cores": os.cpu_count()}}
     dep = Deployment(cfg, tmp, tag)
-    feeds, times = [feed1], []
+    feeds, times = ([feed_w] if feed_w is not None else []) + [feed1], []
     lat: list[dict] = []
     try:
         dep.setup()
@@ -685,9 +713,14 @@ def run(cfg: Config, report_path: Path) -> dict:
         time.sleep(2.0)
         rss_idle = _proc_kib(dep.proc.pid, "VmRSS")
         log(f"[service] worker ready (pid {dep.proc.pid}, RSS {rss_idle / 2**20:.0f} MiB)")
-        svc, tm1, ser1 = run_service_phase(dep, feed1, cfg.rate, "service", cfg.timeout, 0)
+        if feed_w is not None:
+            warm, tmw, _ = run_service_phase(dep, feed_w, cfg.rate, "service warm-up", cfg.timeout, 0)
+            times.append(tmw)
+        svc, tm1, ser1 = run_service_phase(dep, feed1, cfg.rate, "service", cfg.timeout, n_w)
         times.append(tm1)
         report["service"] = {**svc, "timeseries": ser1}
+        if feed_w is not None:
+            report["service"]["warmup"] = _warm_figures(warm)
         rss_after1 = _proc_kib(dep.proc.pid, "VmHWM")
         phase2 = None
         if cfg.duration > 0:
@@ -700,7 +733,7 @@ def run(cfg: Config, report_path: Path) -> dict:
             feed2 = Feed(wl, k1, k2, cfg.batch)
             log(f"[fixed-rate] {len(feed2):,} messages at {rate2:,.0f} msgs/s "
                 f"({(k2 - k1) * cfg.step / 60:.0f} min of event time)")
-            p2, tm2, ser2 = run_service_phase(dep, feed2, rate2, "fixed-rate", cfg.timeout, len(feed1))
+            p2, tm2, ser2 = run_service_phase(dep, feed2, rate2, "fixed-rate", cfg.timeout, n_w + len(feed1))
             feeds.append(feed2)
             times.append(tm2)
             phase2 = {**p2, "timeseries": ser2}
@@ -721,9 +754,9 @@ def run(cfg: Config, report_path: Path) -> dict:
         dep.stop()
         report["fixed_rate"] = phase2
         if cfg.references:
-            c, cser = run_reference("ceiling", cfg, tmp, tag, feed1)
+            c, cser = run_reference("ceiling", cfg, tmp, tag, feed1, feed_w)
             report["ceiling"] = {**c, "timeseries": cser}
-            nv, nser = run_reference("naive", cfg, tmp, tag, feed1)
+            nv, nser = run_reference("naive", cfg, tmp, tag, feed1, feed_w)
             report["naive"] = {**nv, "timeseries": nser}
         alerts = read_alerts(cfg.bootstrap, dep.alerts_topic)
         ts_types = {a["_ts_type"] for a in alerts}
@@ -748,7 +781,7 @@ def run(cfg: Config, report_path: Path) -> dict:
         report["detection"]["max_rate_phase"] = d1
         if cfg.offline:
             t = time.time()
-            off = offline_alerts(wl, feed1, cfg.window)
+            off = offline_alerts(wl, feeds[:2] if feed_w is not None else [feed1], cfg.window)
             d = detection(off, wl, tol, anomalies=p1)
             d.pop("injection_list")
             d["seconds"] = round(time.time() - t, 1)

@@ -23,6 +23,12 @@ def test_loadtest_smoke(kafka_bootstrap, tmp_path):
     r = json.loads(out.read_text())
     for key in ("service", "ceiling", "naive"):
         assert r[key]["samples_per_s"] > 0 and r[key]["messages_per_s"] > 0, key
+    # every system first takes the same unmeasured warm-up (10 % of the 180 scrapes: 18 messages of
+    # one batch each), then the measured rest; samples/s is the rate over the rest only
+    for key in ("service", "ceiling", "naive"):
+        assert r[key]["warmup"]["messages"] == 18, key
+        assert r[key]["messages"] == 180 - 18, key
+        assert r[key]["samples"] == 6 * (180 - 18), key
     assert set(r["ratios"]) >= {"vs_ceiling", "vs_naive"}
     assert set(r["latency_s"]) >= {"p50", "p95", "p99"}
     assert set(r["detection"]) >= {"precision", "recall", "per_kind_recall"}
