@@ -44,6 +44,8 @@ def main(argv=None) -> None:
     ap.add_argument("--commit-every", type=int, default=200, help="messages between state exports")
     ap.add_argument("--anomalies", type=int, default=0, help="injections per kind (Workload.schedule)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--row-by-row", action="store_true",
+                    help="Detector.ingest per sample instead of ingest_rows per entity chunk (the worker's path)")
     ap.add_argument("--profile", action="store_true", help="cProfile one run (top 30 by own time)")
     args = ap.parse_args(argv)
 
@@ -68,6 +70,8 @@ def main(argv=None) -> None:
     # the routing API: route(samples, src partition, src offset) (payload v2), or route(batch)
     # of (src partition, src offset, samples) per input message (payload v3)
     batched = len(inspect.signature(Router.route).parameters) == 2
+    compiled = hasattr(Router, "add_message")
+    rows_api = hasattr(Detector, "ingest_rows") and not args.row_by_row
 
     def run() -> tuple[int, int]:
         specs = load_specs(d, window=args.window, lateness=0.0)
@@ -76,9 +80,14 @@ def main(argv=None) -> None:
         dirty: dict = {}
         n_alerts = n_exports = 0
         for i, raw in enumerate(feed.values):
-            good, _bad = decode_metrics(raw, max_bytes=10**7, max_batch=10**5)
             sp, so = i % args.lanes, i
-            routed = router.route([(sp, so, good)]) if batched else router.route(good, sp, so)
+            if compiled:  # the worker's path: decode, validate and route in one (compiled) pass
+                out: dict = {}
+                router.add_message(raw, sp, so, out, max_bytes=10**7, max_batch=10**5)
+                routed = router.encode(out)
+            else:
+                good, _bad = decode_metrics(raw, max_bytes=10**7, max_batch=10**5)
+                routed = router.route([(sp, so, good)]) if batched else router.route(good, sp, so)
             for lane, payload in routed.items():
                 if batched:
                     items = [(eid, labels, csp, cso, rows) for eid, (labels, chunks) in
@@ -90,10 +99,13 @@ def main(argv=None) -> None:
                     det = dets[eid.split("/", 1)[0]]
                     if det.seen(eid, csp, cso):
                         continue
-                    hit = (eid, labels)
-                    for metric, ts, value in rows:
-                        n_alerts += len(det.ingest(metric, labels, ts, value, offset=cso, partition=csp,
-                                                   lane=lane, entity=hit))
+                    if rows_api:  # the worker's path: an entity's rows of one source message in one call
+                        n_alerts += len(det.ingest_rows(eid, labels, rows, offset=cso, partition=csp, lane=lane))
+                    else:
+                        hit = (eid, labels)
+                        for metric, ts, value in rows:
+                            n_alerts += len(det.ingest(metric, labels, ts, value, offset=cso, partition=csp,
+                                                       lane=lane, entity=hit))
                     det.advance_cursor(eid, csp, cso)
                     dirty[eid] = det
             if i % args.commit_every == args.commit_every - 1:

@@ -409,7 +409,6 @@ def build_app(settings: Settings | None = None) -> faust.App:
                         det.import_state(eid, unpack_state(stored))
                 late0 = det.late
                 ingest = det.ingest
-                hit = (eid, elabels)
                 folded = False
                 for src_part, src_off, rows in chunks:
                     if det.seen(eid, src_part, src_off):
@@ -418,12 +417,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
                     if elabels is None:  # version-1 payload
                         for metric, labels, ts, value, part, off in rows:
                             alerts += ingest(metric, labels, ts, value, offset=off, partition=part, lane=lane)
-                    else:
-                        for metric, ts, value in rows:
-                            out = ingest(metric, elabels, ts, value, offset=src_off, partition=src_part, lane=lane,
-                                         entity=hit)
-                            if out:
-                                alerts += out
+                    else:  # the entity's rows of one source message, in one call
+                        out = det.ingest_rows(eid, elabels, rows, offset=src_off, partition=src_part, lane=lane)
+                        if out:
+                            alerts += out
                     det.advance_cursor(eid, src_part, src_off)
                 if not folded:
                     continue

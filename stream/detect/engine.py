@@ -46,7 +46,7 @@ import hashlib
 import math
 import sys
 import time
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import orjson
@@ -227,7 +227,17 @@ class Detector:
         hit = entity if entity is not None else self.spec.entity_of(metric, labels)
         if hit is None:
             return []
-        eid, elabels = hit
+        return self.ingest_rows(hit[0], hit[1], ((metric, ts, value),), offset=offset, partition=partition, lane=lane)
+
+    def ingest_rows(self, eid: str, elabels: dict[str, str], rows: Iterable[Sequence], *, offset: int = -1,
+                    partition: int = -1, lane: int = 0) -> list[dict]:
+        """:meth:`ingest` for the rows ``(metric, ts, value)`` of one entity, in order.
+
+        The worker's path: the samples of one entity from one source message arrive together
+        (``eid``, ``elabels``: the entity as this spec's ``entity_of`` resolves it), so the entity
+        is looked up once, not once per sample. The same alerts and state as calling
+        :meth:`ingest` row by row (``tests/unit/test_core.py``).
+        """
         ent = self.entities.get(eid)
         if ent is None:
             eid = sys.intern(eid)  # one string object per entity in every index that holds it
@@ -236,32 +246,35 @@ class Detector:
             eid = ent.id
         out: list[dict] = []
         mlast = ent.mlast
-        prev = mlast.get(metric)
-        if prev is None:
-            ent.metrics.add(metric)  # (a metric in mlast is in metrics: both are set here)
-            mlast[metric] = ts
-        elif ts > prev:
-            # only a gap of more than missing_after_windows windows, or an open incident, matters
-            if ent.gap is not None or ts - prev > self._gap_span:
-                out += self._on_return(ent, metric, prev, ts, offset, partition)
-            mlast[metric] = ts
-        if ts > ent.last_seen:
-            ent.last_seen = ts
-        if ent.watch is None and self._watching:
-            self._watch(ent)  # armed until a watermark finds it silent (re-armed by its next sample)
         windows = self.windows
-        # WindowStore.add_sample without its Python frame (once per sample)
-        starts = _add_sample(windows.acc, windows.entities, windows.heaps, windows.size, eid, metric, ts, value,
-                             offset, partition, lane)
-        if starts is None:
-            windows.late += 1
-            self.late += 1
-            rec = windows.entities.get(eid)
-            starts = rec.starts if rec is not None else None
-        # close the windows the entity's own event time has passed (the test of close_entity,
-        # inline: most samples close nothing)
-        if starts and starts[0] <= ent.last_seen - windows.size - windows.lateness:
-            out += self._emit(windows.close_entity(eid, ent.last_seen))
+        acc, wents, heaps, size, lateness = windows.acc, windows.entities, windows.heaps, windows.size, windows.lateness
+        gap_span = self._gap_span
+        watching = self._watching
+        for metric, ts, value in rows:
+            prev = mlast.get(metric)
+            if prev is None:
+                ent.metrics.add(metric)  # (a metric in mlast is in metrics: both are set here)
+                mlast[metric] = ts
+            elif ts > prev:
+                # only a gap of more than missing_after_windows windows, or an open incident, matters
+                if ent.gap is not None or ts - prev > gap_span:
+                    out += self._on_return(ent, metric, prev, ts, offset, partition)
+                mlast[metric] = ts
+            if ts > ent.last_seen:
+                ent.last_seen = ts
+            if ent.watch is None and watching:
+                self._watch(ent)  # armed until a watermark finds it silent (re-armed by its next sample)
+            # WindowStore.add_sample without its Python frame (once per sample)
+            starts = _add_sample(acc, wents, heaps, size, eid, metric, ts, value, offset, partition, lane)
+            if starts is None:
+                windows.late += 1
+                self.late += 1
+                rec = wents.get(eid)
+                starts = rec.starts if rec is not None else None
+            # close the windows the entity's own event time has passed (the test of close_entity,
+            # inline: most samples close nothing)
+            if starts and starts[0] <= ent.last_seen - size - lateness:
+                out += self._emit(windows.close_entity(eid, ent.last_seen))
         return out
 
     def _on_return(self, ent: _Entity, metric: str, prev: float, ts: float, offset: int, partition: int) -> list[dict]:
