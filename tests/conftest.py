@@ -35,6 +35,7 @@ def kafka_bootstrap():
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield external
+        _delete_test_topics(external, StreamEnv.tags)
         return
     from stream.kafka import launcher
 
@@ -47,17 +48,43 @@ def kafka_bootstrap():
             pytest.fail(f"CI=true and the Kafka broker could not start: {exc}", pytrace=False)
         pytest.skip(f"Kafka broker could not start: {exc}")
     yield bootstrap
+    _delete_test_topics(bootstrap, StreamEnv.tags)
     # stop only the broker this session started (STREAM_KEEP_TEST_BROKER=1 keeps it for the next run)
     if started and not os.environ.get("STREAM_KEEP_TEST_BROKER"):
         launcher.down(s)
 
 
+def _delete_test_topics(bootstrap: str, tags: list[str]) -> None:
+    """Delete the topics of these deployments (names carry their tag), so a long-lived broker
+    (``KAFKA_BOOTSTRAP_SERVERS``, ``STREAM_KEEP_TEST_BROKER``) does not pile up thousands of them
+    (a broker with ~10k leftover topics took minutes to start). Best effort."""
+    if not tags:
+        return
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        names = [t for t in admin.list_topics(timeout=10).topics if any(tag in t for tag in tags)]
+        if names:
+            for fut in admin.delete_topics(names, operation_timeout=30).values():
+                try:
+                    fut.result(60)
+                except Exception:  # noqa: BLE001 - e.g. already deleted
+                    pass
+    except Exception as exc:  # noqa: BLE001 - cleanup must not fail a test
+        print(f"note: could not delete test topics on {bootstrap}: {exc}", file=sys.stderr)
+    tags.clear()
+
+
 class StreamEnv:
     """An isolated deployment on the shared broker: own app id (consumer group) and topic names."""
+
+    tags: list[str] = []  # every deployment's tag, for the topic cleanup at the end of the session
 
     def __init__(self, bootstrap: str, tmp: Path, **extra: str):
         tag = uuid.uuid4().hex[:8]
         self.tag = tag
+        StreamEnv.tags.append(tag)
         self.tmp = tmp
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("STREAM_")},
