@@ -10,7 +10,9 @@ and runs the three passes in C with **the same floating-point operations in the 
 every number is bit-identical to the Python rule (held to a pure-Python reference by
 ``tests/unit/test_standardize.py``). Its dict views (:meth:`Baseline.mean_dict`,
 :meth:`Baseline.var_dict`) list the features in the order they entered the baseline, the order
-of the engine's serialized state.
+of the engine's serialized state. The positions themselves (the keys, their index: a
+:class:`Layout`) are shared by every baseline with the same keys in the same order, copied
+before one of them adds a key, so a worker's entities of the same metrics hold one copy.
 
 >>> from stream.detect._standardize import Baseline
 >>> keys = {}                                   # metric -> its "metric:feature" keys (shared)
@@ -29,6 +31,11 @@ of the engine's serialized state.
 {'cpu:count': 3.5, 'cpu:mean': 3.0, 'cpu:availability': 0.875, 'cpu:max': 9.0}
 >>> base.var_dict()["cpu:mean"]
 1.0
+>>> other = Baseline()                          # the same keys in the same order: one Layout
+>>> _ = other.features({"cpu": {"count": 1, "mean": 1.0, "max": 1.0}}, {},
+...                    ("count", "mean", "max", "availability"), keys)
+>>> other.layout is base.layout, other.layout.keys
+(True, ['cpu:count', 'cpu:mean', 'cpu:max', 'cpu:availability'])
 >>> _ = base.features({"cpu": {"count": 4, "mean": 5.0, "max": 9.0}}, {"cpu": 4.0},
 ...                   ("mean",), {})            # (a key cache holds the keys of one feature tuple)
 >>> x, d2, zmax, zfeat, n_z = base.standardize(("count", "availability"))
@@ -44,6 +51,7 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.float cimport PyFloat_AsDouble
 from cpython.object cimport PyObject
 
+import weakref
 
 
 def feature_keys(dict cache, object metric, tuple feats):
@@ -57,24 +65,88 @@ def feature_keys(dict cache, object metric, tuple feats):
     return keys
 
 
+cdef class Layout:
+    """The positions of a baseline's feature keys: ``keys`` (position -> key), ``index`` (key ->
+    position) and, for one feature tuple ``mfeats``, ``mpos`` (metric -> the positions of its keys
+    in feature order).
+
+    Baselines whose keys are the same sequence (and that use the same feature tuple) share one
+    Layout, the canonical one of ``(mfeats, tuple(keys))`` in ``_layouts`` (weak values: freed
+    with its last Baseline). A shared layout's ``keys``, ``index`` and ``mfeats`` never change (but
+    for ``mfeats`` taking an equal tuple): a Baseline that must add a key or use another feature
+    tuple first copies it into a private layout, and at the end of that call moves to the
+    canonical layout of its new keys (its private one becomes it if there is none). Positions only
+    ever get appended, so the Baseline's arrays stay valid. ``mpos`` is a cache of what ``index``
+    and ``mfeats`` determine, so a shared layout's ``mpos`` may gain a metric whose keys it
+    already has: every sharer would build the same tuple.
+
+    The registry key includes ``mfeats`` because ``mpos`` depends on it: two baselines with the
+    same keys and different feature tuples (or a baseline just loaded, without one yet) would
+    otherwise copy the layout on every window.
+    """
+
+    cdef readonly list keys      # position -> key
+    cdef readonly dict index     # key -> position
+    cdef dict mpos               # metric -> tuple of positions (in mfeats order)
+    cdef readonly tuple mfeats   # the feature names mpos is for (None: not yet, mpos empty)
+    cdef readonly bint shared    # canonical: keys, index, mfeats frozen (see above)
+    cdef object __weakref__
+
+    def __cinit__(self):
+        self.keys = []
+        self.index = {}
+        self.mpos = {}
+        self.mfeats = None
+        self.shared = False
+
+    cdef Layout copy(self, bint with_mpos):
+        """A private copy (``mpos`` left empty unless ``with_mpos``)."""
+        cdef Layout c = Layout.__new__(Layout)
+        c.keys = list(self.keys)
+        c.index = dict(self.index)
+        if with_mpos:
+            c.mpos = dict(self.mpos)
+        c.mfeats = self.mfeats
+        return c
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __repr__(self):
+        return f"<Layout of {len(self.keys)} keys{' (shared)' if self.shared else ''}>"
+
+
+# The canonical (shared) Layout of every (feature tuple, key sequence) some Baseline has. Weak
+# values: a layout no Baseline uses any more (its entities evicted) leaves the registry.
+_layouts = weakref.WeakValueDictionary()
+
+
+cdef Layout _shared_empty():
+    """The canonical layout without keys (every new Baseline starts on it)."""
+    cdef Layout lay = _layouts.get((None, ()))
+    if lay is None:
+        lay = Layout()
+        lay.shared = True
+        _layouts[(None, ())] = lay
+    return lay
+
+
 cdef class Baseline:
     """One entity's per-feature EWMA mean and variance, and the scratch of its last window.
 
-    Positions: every feature key the entity ever had gets one, for good (``keys[pos]``); the
-    baseline holds a subset of them (``present``), listed in the order they entered it.
-    ``features`` then ``standardize`` then (for a normal window) ``learn`` work on the vector of
-    the last ``features`` call.
+    Positions: every feature key the entity ever had gets one, for good (``keys[pos]``, held by
+    its :class:`Layout`, shared with the baselines that have the same keys in the same order);
+    the baseline holds a subset of them (``present``), listed in the order they entered it
+    (``order``). ``features`` then ``standardize`` then (for a normal window) ``learn`` work on the
+    vector of the last ``features`` call.
     """
 
-    cdef public list keys        # position -> key
-    cdef public dict index       # key -> position
-    cdef dict mpos               # metric -> tuple of positions (in feature order)
-    cdef tuple mfeats            # the feature names mpos was built for
-    cdef list order              # positions in the baseline, in the order they entered it
+    cdef Layout lay              # keys / positions (shared; copied before a change)
     cdef double* mean
     cdef double* var
     cdef char* present
-    cdef Py_ssize_t cap
+    cdef int* order              # positions in the baseline, in the order they entered it
+    cdef Py_ssize_t cap, norder
     # the last window's vector (obs order): positions, values, z
     cdef int* opos
     cdef double* oval
@@ -82,14 +154,11 @@ cdef class Baseline:
     cdef Py_ssize_t on, ocap, zn
 
     def __cinit__(self):
-        self.keys = []
-        self.index = {}
-        self.mpos = {}
-        self.mfeats = None
-        self.order = []
+        self.lay = _shared_empty()
         self.mean = self.var = NULL
         self.present = NULL
-        self.cap = 0
+        self.order = NULL
+        self.cap = self.norder = 0
         self.opos = NULL
         self.oval = self.oz = NULL
         self.on = self.ocap = self.zn = 0
@@ -98,9 +167,25 @@ cdef class Baseline:
         free(self.mean)
         free(self.var)
         free(self.present)
+        free(self.order)
         free(self.opos)
         free(self.oval)
         free(self.oz)
+
+    @property
+    def layout(self):
+        """The :class:`Layout` (shared by the baselines with the same key sequence)."""
+        return self.lay
+
+    @property
+    def keys(self):
+        """Position -> ``"metric:feature"`` key, every key the entity ever had (a copy)."""
+        return list(self.lay.keys)
+
+    @property
+    def index(self):
+        """Key -> position (a copy)."""
+        return dict(self.lay.index)
 
     # -- positions --------------------------------------------------------------------------
     cdef int _grow(self, Py_ssize_t need) except -1:
@@ -120,6 +205,10 @@ cdef class Baseline:
         if p == NULL:
             raise MemoryError()
         self.present = p
+        o = <int*> realloc(self.order, cap * sizeof(int))
+        if o == NULL:
+            raise MemoryError()
+        self.order = o
         for i in range(self.cap, cap):
             self.present[i] = 0
             self.mean[i] = 0.0
@@ -148,23 +237,45 @@ cdef class Baseline:
         return 0
 
     cdef Py_ssize_t _pos(self, object key) except -1:
-        cdef PyObject* p = PyDict_GetItem(self.index, key)
+        cdef Layout lay = self.lay
+        cdef PyObject* p = PyDict_GetItem(lay.index, key)
         cdef Py_ssize_t pos
         if p != NULL:
             return <Py_ssize_t> (<object> p)
-        pos = len(self.keys)
+        if lay.shared:  # copy on write
+            lay = self.lay = lay.copy(True)
+        pos = len(lay.keys)
         self._grow(pos + 1)
-        self.keys.append(key)
-        self.index[key] = pos
+        lay.keys.append(key)
+        lay.index[key] = pos
         return pos
 
     cdef tuple _mpos(self, object metric, tuple keys):
-        cdef PyObject* p = PyDict_GetItem(self.mpos, metric)
+        cdef PyObject* p = PyDict_GetItem(self.lay.mpos, metric)
         if p != NULL:
             return <tuple> <object> p
         t = tuple([self._pos(k) for k in keys])
-        self.mpos[metric] = t
+        # self.lay: a copy if a key was added; else the same layout, whose every sharer would
+        # build the same tuple (same index, same mfeats)
+        self.lay.mpos[metric] = t
         return t
+
+    cdef int _settle(self) except -1:
+        """After keys were added or the layout copied: move to the canonical layout of the keys."""
+        cdef Layout lay = self.lay, canon
+        if lay.shared:
+            return 0
+        seq = (lay.mfeats, tuple(lay.keys))
+        canon = _layouts.get(seq)
+        if canon is None:
+            lay.shared = True
+            _layouts[seq] = lay
+            return 0
+        for metric, t in lay.mpos.items():  # same index and feature tuple: the same tuples
+            if metric not in canon.mpos:
+                canon.mpos[metric] = t
+        self.lay = canon
+        return 0
 
     # -- the per-window passes ----------------------------------------------------------------
     def features(self, dict summary, dict expected, tuple feats, dict cache, bint build=True):
@@ -182,39 +293,48 @@ cdef class Baseline:
         cdef dict s
         cdef PyObject* e
         cdef double v
-        if feats is not self.mfeats:
-            if self.mfeats is not None and feats != self.mfeats:
-                self.mpos = {}
-            self.mfeats = feats
-        self._ogrow(len(summary) * nf)
-        for metric in sorted(summary):
-            s = <dict> summary[metric]
-            keys = feature_keys(cache, metric, feats)
-            pos = self._mpos(metric, keys)
-            for j in range(nf):
-                f = feats[j]
-                if f == "availability":
-                    e = PyDict_GetItem(expected, metric)
-                    if e == NULL:
-                        v = 1.0
-                    else:
-                        exp_o = <object> e
-                        if exp_o:
-                            v = PyFloat_AsDouble(s["count"] / exp_o)  # as Python divides (int / float)
-                            if not (v < 1.0):  # min(1.0, v)
-                                v = 1.0
-                        else:
-                            v = 1.0
+        cdef Layout lay0 = self.lay
+        cdef Py_ssize_t n0 = len(lay0.keys)
+        if feats is not lay0.mfeats:
+            if lay0.mfeats is None or feats != lay0.mfeats:  # mpos is for another tuple (or none)
+                if lay0.shared:
+                    self.lay = lay0.copy(False)  # copy on write
                 else:
-                    v = PyFloat_AsDouble(s[f])
-                if not isfinite(v):
-                    n_bad += 1
-                    continue
-                if build:
-                    PyDict_SetItem(obs, keys[j], v)
-                self.opos[n] = <int> (<Py_ssize_t> pos[j])
-                self.oval[n] = v
-                n += 1
+                    self.lay.mpos = {}
+            self.lay.mfeats = feats  # (or feats == mfeats: the same layout, the same mpos)
+        try:
+            self._ogrow(len(summary) * nf)
+            for metric in sorted(summary):
+                s = <dict> summary[metric]
+                keys = feature_keys(cache, metric, feats)
+                pos = self._mpos(metric, keys)
+                for j in range(nf):
+                    f = feats[j]
+                    if f == "availability":
+                        e = PyDict_GetItem(expected, metric)
+                        if e == NULL:
+                            v = 1.0
+                        else:
+                            exp_o = <object> e
+                            if exp_o:
+                                v = PyFloat_AsDouble(s["count"] / exp_o)  # as Python divides (int / float)
+                                if not (v < 1.0):  # min(1.0, v)
+                                    v = 1.0
+                            else:
+                                v = 1.0
+                    else:
+                        v = PyFloat_AsDouble(s[f])
+                    if not isfinite(v):
+                        n_bad += 1
+                        continue
+                    if build:
+                        PyDict_SetItem(obs, keys[j], v)
+                    self.opos[n] = <int> (<Py_ssize_t> pos[j])
+                    self.oval[n] = v
+                    n += 1
+        finally:
+            if self.lay is not lay0 or len(self.lay.keys) != n0:
+                self._settle()
         self.on = n
         self.zn = 0
         return obs, n_bad
@@ -232,7 +352,7 @@ cdef class Baseline:
         cdef dict x = {}
         cdef Py_ssize_t i, p, n_z = 0
         cdef double v, m, sd, am, floor, zk, t, a, d2 = 0.0, zmax = 0.0
-        cdef list keys = self.keys
+        cdef list keys = self.lay.keys
         zfeat = None
         for i in range(self.on):
             p = self.opos[i]
@@ -268,17 +388,19 @@ cdef class Baseline:
     def obs_dict(self):
         """``{key: value}`` of the last vector (what :meth:`features` returned), in vector order."""
         cdef dict out = {}
+        cdef list keys = self.lay.keys
         cdef Py_ssize_t i
         for i in range(self.on):
-            PyDict_SetItem(out, self.keys[self.opos[i]], self.oval[i])
+            PyDict_SetItem(out, keys[self.opos[i]], self.oval[i])
         return out
 
     def z_dict(self):
         """``{key: z}`` of the last :meth:`standardize`, in vector order."""
         cdef dict z = {}
+        cdef list keys = self.lay.keys
         cdef Py_ssize_t i
         for i in range(self.zn):
-            PyDict_SetItem(z, self.keys[self.opos[i]], self.oz[i])
+            PyDict_SetItem(z, keys[self.opos[i]], self.oz[i])
         return z
 
     def learn(self, double a):
@@ -296,7 +418,8 @@ cdef class Baseline:
                 self.present[p] = 1
                 self.mean[p] = v
                 self.var[p] = 0.0
-                self.order.append(p)
+                self.order[self.norder] = <int> p
+                self.norder += 1
                 continue
             m = self.mean[p]
             d = v - m
@@ -306,39 +429,43 @@ cdef class Baseline:
     # -- dict views (alerts, durable state) -------------------------------------------------
     def get(self, key, default=None):
         """The baseline mean of ``key`` (``default`` if the baseline has no such feature)."""
-        cdef PyObject* p = PyDict_GetItem(self.index, key)
+        cdef PyObject* p = PyDict_GetItem(self.lay.index, key)
         if p == NULL or not self.present[<Py_ssize_t> (<object> p)]:
             return default
         return self.mean[<Py_ssize_t> (<object> p)]
 
     def get_var(self, key, default=None):
         """The baseline variance of ``key`` (``default`` if the baseline has no such feature)."""
-        cdef PyObject* p = PyDict_GetItem(self.index, key)
+        cdef PyObject* p = PyDict_GetItem(self.lay.index, key)
         if p == NULL or not self.present[<Py_ssize_t> (<object> p)]:
             return default
         return self.var[<Py_ssize_t> (<object> p)]
 
     def __contains__(self, key):
-        cdef PyObject* p = PyDict_GetItem(self.index, key)
+        cdef PyObject* p = PyDict_GetItem(self.lay.index, key)
         return p != NULL and self.present[<Py_ssize_t> (<object> p)] != 0
 
     def __len__(self):
-        return len(self.order)
+        return self.norder
 
     def mean_dict(self):
         """``{key: mean}`` in the order the features entered the baseline."""
         cdef dict out = {}
-        cdef list keys = self.keys
-        for p in self.order:
-            PyDict_SetItem(out, keys[p], self.mean[<Py_ssize_t> p])
+        cdef list keys = self.lay.keys
+        cdef Py_ssize_t i, p
+        for i in range(self.norder):
+            p = self.order[i]
+            PyDict_SetItem(out, keys[p], self.mean[p])
         return out
 
     def var_dict(self):
         """``{key: variance}`` in the order the features entered the baseline."""
         cdef dict out = {}
-        cdef list keys = self.keys
-        for p in self.order:
-            PyDict_SetItem(out, keys[p], self.var[<Py_ssize_t> p])
+        cdef list keys = self.lay.keys
+        cdef Py_ssize_t i, p
+        for i in range(self.norder):
+            p = self.order[i]
+            PyDict_SetItem(out, keys[p], self.var[p])
         return out
 
     def clear(self):
@@ -349,20 +476,27 @@ cdef class Baseline:
         cdef Py_ssize_t i
         for i in range(self.cap):
             self.present[i] = 0
-        self.order = []
+        self.norder = 0
 
     def load(self, dict mean, dict var):
         """Replace the baseline with ``mean`` / ``var`` dicts (same keys, in baseline order)."""
         cdef Py_ssize_t p
+        cdef Layout lay0 = self.lay
+        cdef Py_ssize_t n0 = len(lay0.keys)
         if list(mean) != list(var):
             raise ValueError("baseline mean and var must have the same keys in the same order")
         self.clear()
-        for k, m in mean.items():
-            p = self._pos(k)
-            self.mean[p] = PyFloat_AsDouble(m)
-            self.var[p] = PyFloat_AsDouble(var[k])
-            self.present[p] = 1
-            self.order.append(p)
+        try:
+            for k, m in mean.items():
+                p = self._pos(k)
+                self.mean[p] = PyFloat_AsDouble(m)
+                self.var[p] = PyFloat_AsDouble(var[k])
+                self.present[p] = 1
+                self.order[self.norder] = <int> p
+                self.norder += 1
+        finally:
+            if self.lay is not lay0 or len(self.lay.keys) != n0:
+                self._settle()
 
 
 def count_below(double[::1] scores, double score):

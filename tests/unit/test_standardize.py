@@ -233,3 +233,172 @@ def test_module_examples():
     """The compiled module's docstring examples (pytest collects doctests from .py files only)."""
     res = doctest.testmod(_standardize, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
+
+
+# --- shared layouts: baselines with the same key sequence share one Layout --------------------
+FEATS2 = ("mean", "availability")
+
+
+class _Ref:
+    """One baseline under test and its reference state (dicts), fed by its own random stream."""
+
+    def __init__(self, rng, metrics, feats):
+        self.rng, self.metrics, self.feats = rng, metrics, feats
+        self.cache = {}
+        self.base = Baseline()
+        self.mean, self.var, self.expected = {}, {}, {}
+        self.n = 0
+        self.feats_last = None
+        self.obs, self.z = {}, {}
+        self.keys = []  # the positions seen so far: the baseline's keys must keep them
+
+    def window(self, step):
+        rng, base = self.rng, self.base
+        feats = self.feats if rng.random() < 0.9 else (FEATS2 if self.feats != FEATS2 else FEATS)
+        self.feats_last = feats
+        cache = self.cache.setdefault(feats, {})
+        summary = _window_summary(rng, self.metrics, step)
+        build = rng.random() < 0.7
+        obs, bad = base.features(summary, self.expected, feats, cache, build)
+        r_obs, r_bad = ref_features(summary, self.expected, feats)
+        assert bad == r_bad and (bits(obs) == bits(r_obs) if build else obs is None)
+        self.obs, self.z = r_obs, {}
+        if rng.random() < 0.9:
+            x, d2, zmax, zfeat, n_z = base.standardize(PRESENCE)
+            rz, rx, rd2, rzmax, rzfeat, rn_z = ref_standardize(r_obs, self.mean, self.var)
+            assert bits((x, d2, zmax, zfeat, n_z)) == bits((rx, rd2, rzmax, rzfeat, rn_z))
+            self.z = rz
+            if rng.random() < 0.8:
+                a = 0.05 if self.n >= 10 else 1.0 / (self.n + 1)
+                base.learn(a)
+                ref_learn(r_obs, self.mean, self.var, a)
+                self.n += 1
+        for m, s in summary.items():
+            e = self.expected.get(m)
+            self.expected[m] = s["count"] if e is None else e + 0.05 * (s["count"] - e)
+
+    def check(self):
+        base = self.base
+        assert bits(base.mean_dict()) == bits(self.mean)
+        assert bits(base.var_dict()) == bits(self.var)
+        assert len(base) == len(self.mean)
+        assert bits(base.obs_dict()) == bits(self.obs)
+        assert bits(base.z_dict()) == bits(self.z)
+        for k in list(self.mean)[-3:] + ["nope:mean"]:
+            assert bits(base.get(k)) == bits(self.mean.get(k)) and (k in base) == (k in self.mean)
+            assert bits(base.get_var(k)) == bits(self.var.get(k))
+        keys = base.keys
+        assert keys[:len(self.keys)] == self.keys  # positions never move
+        assert base.index == {k: i for i, k in enumerate(keys)} and base.layout.keys == keys
+        self.keys = keys
+        # between calls a baseline is on the canonical layout of its feature tuple and keys
+        lay = base.layout
+        assert lay.shared and lay is _standardize._layouts[(lay.mfeats, tuple(keys))]
+        assert lay.mfeats in (None, self.feats_last)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_baselines_sharing_layouts_equal_the_python_rule(seed):
+    """Several baselines, some with the same metrics, some not (in other orders, metrics appearing
+    later, another feature tuple now and then), fed in turn: each stays equal to its reference
+    whatever the others do (add keys, clear, reload)."""
+    rng = random.Random(1000 + seed)
+    pool = ["m0", "zz", "a:b", "cpu", "m1", "disk"]
+    refs = []
+    for i in range(8):
+        metrics = pool[:3] if i < 4 else rng.sample(pool, rng.randint(1, 5))  # 4 alike, 4 random
+        refs.append(_Ref(random.Random(rng.random()), metrics, FEATS if i % 3 else FEATS2))
+    sharing = 0
+    for step in range(150):
+        r = refs[rng.randrange(len(refs))]
+        if step == 60:
+            for r2 in refs[:2]:
+                r2.metrics = r2.metrics + ["late_metric"]  # two of the alike add a key
+        u = rng.random()
+        if u < 0.03:
+            r.base.clear()
+            r.mean.clear(); r.var.clear(); r.n = 0
+        elif u < 0.06:  # restart from the state: a new baseline
+            r.base = Baseline()
+            r.base.load(dict(r.mean), dict(r.var))
+            r.obs, r.z, r.keys = {}, {}, []
+        elif u < 0.08:  # load into the same baseline (positions kept)
+            r.base.load(dict(r.mean), dict(r.var))
+        else:
+            r.window(step)
+        for r2 in refs:
+            r2.check()
+        sharing = max(sharing, len(refs) - len({id(r2.base.layout) for r2 in refs}))
+    assert sharing >= 2  # (layouts were shared)
+
+
+def _feed(base, metrics, feats=FEATS, value=1.0):
+    summary = {m: {**{f: value for f in SUMMARY_FIELDS}, "count": 2} for m in metrics}
+    return base.features(summary, {}, feats, {})
+
+
+def test_layout_shared_then_copied_on_write():
+    a, b, c = Baseline(), Baseline(), Baseline()
+    _feed(a, ["cpu", "mem"])
+    a.learn(1.0)
+    _feed(b, ["mem", "cpu"])  # one window: sorted, the same key sequence
+    b.learn(1.0)
+    _feed(c, ["cpu"]); _feed(c, ["cpu", "mem"])  # the same sequence, built in two steps
+    assert a.layout is b.layout is c.layout and a.layout.shared
+    assert _standardize._layouts[(FEATS, tuple(a.keys))] is a.layout
+    before = (a.keys, a.index, a.mean_dict(), a.var_dict())
+    _feed(b, ["cpu", "disk", "mem"], value=3.0)  # b adds keys: its own layout from now on
+    b.learn(0.5)
+    assert b.layout is not a.layout and b.layout.shared
+    assert (a.keys, a.index, a.mean_dict(), a.var_dict()) == before and a.layout is c.layout
+    assert b.keys[:len(before[0])] == before[0] and b.keys[len(before[0]):] == [f"disk:{f}" for f in FEATS]
+    assert b.mean_dict()["cpu:mean"] == 2.0 and b.mean_dict()["disk:mean"] == 3.0
+    assert a.mean_dict()["cpu:mean"] == 1.0
+    _feed(a, ["cpu", "disk", "mem"]); _feed(a, ["cpu"])  # a catches up: shares b's layout
+    assert a.layout is b.layout and c.layout is not a.layout
+    _feed(c, ["cpu", "mem"], feats=FEATS2)  # another feature tuple: same keys, another layout
+    assert c.keys == before[0] and c.layout.shared and c.layout.mfeats == FEATS2
+    assert bits(c.obs_dict()) == bits({"cpu:mean": 1.0, "cpu:availability": 1.0,
+                                      "mem:mean": 1.0, "mem:availability": 1.0})
+    _feed(c, ["cpu", "mem"])  # back to FEATS
+    assert bits(c.obs_dict()) == bits(_feed(Baseline(), ["cpu", "mem"])[0])
+    assert c.layout is _standardize._layouts[(FEATS, tuple(before[0]))] and c.layout.mfeats == FEATS
+
+
+def test_load_shares_the_layout_then_features():
+    a = Baseline()
+    _feed(a, ["cpu", "mem"], value=2.0)
+    a.learn(1.0)
+    b = Baseline()
+    b.load(a.mean_dict(), a.var_dict())  # the same keys in the same order, no feature tuple yet
+    assert b.keys == a.keys and b.layout.shared and b.layout.mfeats is None
+    seq = tuple(a.keys)
+    assert _standardize._layouts[(None, seq)] is b.layout
+    obs, _ = _feed(b, ["cpu", "mem"], value=4.0)  # then a's layout (and the other one is freed)
+    b.learn(0.5)
+    assert b.layout is a.layout and (None, seq) not in _standardize._layouts
+    assert b.mean_dict()["mem:mean"] == 3.0 and a.mean_dict()["mem:mean"] == 2.0
+    c = Baseline()
+    c.load({"mem:mean": 1.0, "cpu:mean": 2.0}, {"mem:mean": 0.0, "cpu:mean": 0.0})  # another order
+    obs, _ = _feed(c, ["cpu", "mem"], value=4.0)
+    assert list(obs) == list(_feed(Baseline(), ["cpu", "mem"])[0])  # vector order: metrics, features
+    assert c.keys[:2] == ["mem:mean", "cpu:mean"] and c.layout is not a.layout
+    x, *_ = c.standardize(PRESENCE)
+    assert x["cpu:mean"] == 1.0 and x["cpu:std"] == 0.5  # baseline 2 (var 0): z large; no baseline: 0.5
+
+
+def test_layouts_freed_with_their_baselines():
+    import gc
+    gc.collect()
+    before = set(_standardize._layouts.keys())
+    bases = [Baseline() for _ in range(50)]
+    for i, b in enumerate(bases):
+        _feed(b, [f"gc_{i % 5}", f"gc_x{i % 3}"])
+        b.learn(1.0)
+        if i % 7 == 0:
+            b.load(b.mean_dict(), b.var_dict())
+    made = set(_standardize._layouts.keys()) - before
+    assert 15 <= len(made) <= 16  # one per key sequence (+ the empty one if it was not there)
+    del b, bases
+    gc.collect()
+    assert set(_standardize._layouts.keys()) <= before
