@@ -45,7 +45,8 @@ before one of them adds a key, so a worker's entities of the same metrics hold o
 >>> count_below(array("d", [0.1, 0.5, 0.9]), 0.5)
 1
 """
-from libc.stdlib cimport malloc, realloc, free
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 from libc.math cimport sqrt, isfinite
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.float cimport PyFloat_AsDouble
@@ -164,13 +165,8 @@ cdef class Baseline:
         self.on = self.ocap = self.zn = 0
 
     def __dealloc__(self):
-        free(self.mean)
-        free(self.var)
-        free(self.present)
-        free(self.order)
-        free(self.opos)
-        free(self.oval)
-        free(self.oz)
+        free(self.mean)  # (the block of var, order, present too)
+        free(self.oval)  # (the block of oz, opos too)
 
     @property
     def layout(self):
@@ -188,52 +184,54 @@ cdef class Baseline:
         return dict(self.lay.index)
 
     # -- positions --------------------------------------------------------------------------
-    cdef int _grow(self, Py_ssize_t need) except -1:
-        cdef Py_ssize_t cap = self.cap, i
-        if need <= cap:
-            return 0
-        cap = max(need, 2 * cap, 16)
-        m = <double*> realloc(self.mean, cap * sizeof(double))
-        if m == NULL:
+    cdef int _resize(self, Py_ssize_t cap) except -1:
+        """Positions ``[0, cap)``: one block of mean, var (doubles), order (ints), present (chars);
+        the first ``min(cap, self.cap)`` of each kept, new ones zeroed."""
+        cdef Py_ssize_t i, k = min(cap, self.cap)
+        cdef char* blk = <char*> malloc(cap * (2 * sizeof(double) + sizeof(int) + 1)) if cap else NULL
+        if cap and blk == NULL:
             raise MemoryError()
-        self.mean = m
-        v = <double*> realloc(self.var, cap * sizeof(double))
-        if v == NULL:
-            raise MemoryError()
-        self.var = v
-        p = <char*> realloc(self.present, cap)
-        if p == NULL:
-            raise MemoryError()
-        self.present = p
-        o = <int*> realloc(self.order, cap * sizeof(int))
-        if o == NULL:
-            raise MemoryError()
-        self.order = o
-        for i in range(self.cap, cap):
-            self.present[i] = 0
-            self.mean[i] = 0.0
-            self.var[i] = 0.0
+        cdef double* m = <double*> blk
+        cdef double* v = m + cap
+        cdef int* o = <int*> (v + cap)
+        cdef char* p = <char*> (o + cap)
+        if k:
+            memcpy(m, self.mean, k * sizeof(double))
+            memcpy(v, self.var, k * sizeof(double))
+            memcpy(o, self.order, k * sizeof(int))
+            memcpy(p, self.present, k)
+        for i in range(k, cap):
+            p[i] = 0
+            m[i] = 0.0
+            v[i] = 0.0
+        free(self.mean)
+        self.mean, self.var, self.order, self.present = m, v, o, p
         self.cap = cap
         return 0
 
+    cdef int _grow(self, Py_ssize_t need) except -1:
+        if need > self.cap:
+            self._resize(max(need, 2 * self.cap, 8))
+        return 0
+
     cdef int _ogrow(self, Py_ssize_t need) except -1:
-        cdef Py_ssize_t cap = self.ocap
+        """Room for a vector of ``need`` features (exactly: grows only when a window has more)."""
+        cdef Py_ssize_t cap = self.ocap, n = self.on
         if need <= cap:
             return 0
-        cap = max(need, 2 * cap, 64)
-        a = <int*> realloc(self.opos, cap * sizeof(int))
-        if a == NULL:
+        cdef char* blk = <char*> malloc(need * (2 * sizeof(double) + sizeof(int)))
+        if blk == NULL:
             raise MemoryError()
-        self.opos = a
-        b = <double*> realloc(self.oval, cap * sizeof(double))
-        if b == NULL:
-            raise MemoryError()
-        self.oval = b
-        c = <double*> realloc(self.oz, cap * sizeof(double))
-        if c == NULL:
-            raise MemoryError()
-        self.oz = c
-        self.ocap = cap
+        cdef double* val = <double*> blk
+        cdef double* z = val + need
+        cdef int* pos = <int*> (z + need)
+        if n:  # (the last vector stays readable)
+            memcpy(val, self.oval, n * sizeof(double))
+            memcpy(z, self.oz, n * sizeof(double))
+            memcpy(pos, self.opos, n * sizeof(int))
+        free(self.oval)
+        self.oval, self.oz, self.opos = val, z, pos
+        self.ocap = need
         return 0
 
     cdef Py_ssize_t _pos(self, object key) except -1:
@@ -263,6 +261,8 @@ cdef class Baseline:
     cdef int _settle(self) except -1:
         """After keys were added or the layout copied: move to the canonical layout of the keys."""
         cdef Layout lay = self.lay, canon
+        if self.cap > len(lay.keys):  # (grown by doubling while keys were added)
+            self._resize(len(lay.keys))
         if lay.shared:
             return 0
         seq = (lay.mfeats, tuple(lay.keys))
