@@ -1,6 +1,7 @@
 """Memory per active entity of the detection engine (issue 3: 100,000 entities within 2 GiB).
 
-Feeds N entities (one series each, the default spec) with enough windows to be warm (models
+Feeds N entities (one series each with the default spec; ``--metrics M``: M series per entity
+grouped into one vector, as the load test's entities) with enough windows to be warm (models
 built, baselines, score history, ADWIN running), then reports RSS growth per entity and the
 serialized state size. Prints figures and optionally writes JSON.
 
@@ -28,6 +29,9 @@ def main(argv=None) -> int:
     p.add_argument("--entities", type=int, default=100_000, help="active entities (default 100000)")
     p.add_argument("--windows", type=int, default=40, help="windows per entity (default 40: past the 30-window warm-up)")
     p.add_argument("--samples-per-window", type=int, default=2)
+    p.add_argument("--metrics", type=int, default=1,
+                   help="series per entity (default 1, the default spec; M > 1: group_by [id], one M-metric "
+                        "vector per window, 10 features per metric)")
     p.add_argument("--json", help="write the figures to this JSON file")
     args = p.parse_args(argv)
 
@@ -43,7 +47,8 @@ def main(argv=None) -> int:
     for i in range(400):
         warm.ingest("m", {}, 1_700_000_000.0 + i * 30, float(i % 7))
     del warm
-    det = Detector(DetectorSpec())
+    det = Detector(DetectorSpec() if args.metrics == 1 else DetectorSpec(group_by=("id",)))
+    metrics = [f"m{j}" for j in range(args.metrics)] if args.metrics > 1 else ["m"]
     gc.collect()
     base = rss_bytes()
     rng = random.Random(1)
@@ -54,8 +59,10 @@ def main(argv=None) -> int:
         for k in range(args.samples_per_window):
             ts = 1_700_000_000.0 + w * 60 + k * step
             for e in range(args.entities):
-                det.ingest("m", {"id": str(e)}, ts, 100 + rng.gauss(0, 5))
-                n += 1
+                labels = {"id": str(e)}
+                for m in metrics:
+                    det.ingest(m, labels, ts, 100 + rng.gauss(0, 5))
+                    n += 1
         det.advance(ts - 10 * 60)  # the worker's housekeeping: close quiet windows, prune the index
         print(f"\rwindow {w}/{args.windows}  {n:,} samples  {n / (time.perf_counter() - t0):,.0f}/s  "
               f"rss +{(rss_bytes() - base) / 2**20:,.0f} MiB", end="", file=sys.stderr, flush=True)
@@ -67,7 +74,7 @@ def main(argv=None) -> int:
     state = sum(len(det.export_state(e)) for e in sample_ids) / len(sample_ids)
     warm = sum(1 for e in det.entities.values() if e.n_normal >= det.spec.warmup_windows)
     out = {
-        "entities": len(det.entities), "warm_entities": warm, "windows_per_entity": args.windows,
+        "entities": len(det.entities), "metrics_per_entity": args.metrics, "warm_entities": warm, "windows_per_entity": args.windows,
         "samples": n, "samples_per_s": n / elapsed,
         "rss_growth_bytes": grown, "bytes_per_entity": grown / len(det.entities),
         "projected_100k_bytes": grown / len(det.entities) * 100_000,
