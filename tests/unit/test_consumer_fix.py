@@ -82,6 +82,7 @@ class FakeConsumer:
         self._acked_index = defaultdict(set)
         self._gap = defaultdict(IntervalTree)
         self.app = SimpleNamespace(consumer_generation_id=1,
+                                   conf=SimpleNamespace(consumer_auto_offset_reset="earliest"),
                                    monitor=SimpleNamespace(track_tp_end_offset=lambda tp, hw: None))
         self.scheduler = SimpleNamespace(iterate=lambda recs: ((tp, r) for tp, rs in recs.items() for r in rs))
         self.on_fetch = None
@@ -157,9 +158,34 @@ def test_records_fetched_while_seeking_to_committed_offsets_wait_for_the_seek():
     got = asyncio.run(_run_then_finish(c))
     assert got == []  # neither partition delivered while its seek was in flight
     # afterwards: A (seeked to its committed offset) re-seeked there; B (no committed offset, not
-    # seeked by aiokafka: its position moved past 7, 8) seeked back to the first one not delivered
-    assert c.seeks[-2:] == [(A, 900), (B, 7)] or c.seeks[-2:] == [(B, 7), (A, 900)]
-    assert c._committed_offset[A] == 900 and c._read_offset[A] == 900 and c._read_offset[B] == 7
+    # seeked by aiokafka: its position moved past 7, 8) starts over from the beginning
+    # (auto_offset_reset=earliest), so the records not delivered are read again
+    assert sorted(c.seeks[-2:]) == [(A, 900), (B, 0)]
+    assert c._committed_offset[A] == 900 and c._read_offset[A] == 900 and c._read_offset[B] is None
+
+
+def test_a_partition_without_a_committed_offset_starts_over_after_a_batch_dropped_by_a_rebalance():
+    # the failover stall: the survivor's fetch returned the killed worker's partitions (never
+    # committed) to their end, the generation changed while the batch was delivered, Faust ended
+    # the batch, and aiokafka's position had moved past it: nothing was ever read there again
+    c = Consumer([{A: [0, 1, 2], B: [0, 1, 2]}], committed={A: None, B: 40})
+
+    async def rebalance_mid_batch(msg):
+        if msg == (A, 0):
+            c.app.consumer_generation_id += 1
+
+    got = asyncio.run(_drain(c, rebalance_mid_batch))
+    assert got == [(A, 0)]  # the rest of the batch is dropped (Faust's rule, kept)
+    asyncio.run(c.perform_seek())  # the new generation's seek to committed offsets
+    assert (A, 0) in c.seeks and c._read_offset[A] is None  # A starts over: 1, 2 are fetched again
+    assert (B, 40) in c.seeks and (B, 0) not in c.seeks  # B has a committed offset: seeked there only
+
+
+def test_without_earliest_reset_an_uncommitted_partition_is_left_where_it_is():
+    c = Consumer([], committed={A: None})
+    c.app.conf.consumer_auto_offset_reset = "latest"
+    asyncio.run(c.perform_seek())
+    assert c.seeks == [(A, None)]  # only seek_to_committed's (no reset to the beginning)
 
 
 async def _run_then_finish(c):
