@@ -448,25 +448,23 @@ cdef class Baseline:
     def __len__(self):
         return self.norder
 
-    def mean_dict(self):
-        """``{key: mean}`` in the order the features entered the baseline."""
+    cdef dict _in_order(self, double* values):
+        # {key: values[position]} in the order the features entered the baseline
         cdef dict out = {}
         cdef list keys = self.lay.keys
         cdef Py_ssize_t i, p
         for i in range(self.norder):
             p = self.order[i]
-            PyDict_SetItem(out, keys[p], self.mean[p])
+            PyDict_SetItem(out, keys[p], values[p])
         return out
+
+    def mean_dict(self):
+        """``{key: mean}`` in the order the features entered the baseline."""
+        return self._in_order(self.mean)
 
     def var_dict(self):
         """``{key: variance}`` in the order the features entered the baseline."""
-        cdef dict out = {}
-        cdef list keys = self.lay.keys
-        cdef Py_ssize_t i, p
-        for i in range(self.norder):
-            p = self.order[i]
-            PyDict_SetItem(out, keys[p], self.var[p])
-        return out
+        return self._in_order(self.var)
 
     def clear(self):
         """Forget every feature (positions are kept; features re-enter in their new order).

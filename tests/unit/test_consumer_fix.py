@@ -226,3 +226,13 @@ def test_repair_acks_drops_index_entries_without_an_acked_offset():
     c._acked_index[A] = {931, 932, 941}  # 931, 932 would make their re-read acks be ignored
     c.repair_acks(A)
     assert c._acked_index[A] == {941}
+
+
+def test_records_of_a_partition_not_active_when_fetched_are_fetched_again_not_dropped():
+    # Faust yields only records of active partitions and drops the rest silently, after aiokafka
+    # moved past them; the fix hands the partition to the drain loop to seek back to the first
+    C = TP("t", 2)  # (the fake's fetch reports A and B active)
+    c = Consumer([{A: [10], C: [5, 6]}], committed={})
+    got = asyncio.run(_drain(c))
+    assert got == [(A, 10)]
+    assert c._pending_reseek()[C][0] == 5
