@@ -76,6 +76,28 @@ def _delete_test_topics(bootstrap: str, tags: list[str]) -> None:
     tags.clear()
 
 
+def log_end(consumer, tp, timeout: float = 30.0) -> int:
+    """The log-end offset (high watermark) of ``tp``, asked of the broker again while it answers
+    with a retriable error: right after a topic is created, or while the broker is busy, a
+    watermark request can meet NOT_LEADER_FOR_PARTITION (once in a CI run) though the single
+    broker leads every partition a moment later."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    transient = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.REQUEST_TIMED_OUT, KafkaError._TIMED_OUT,
+                 KafkaError._TRANSPORT}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)[1]
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in transient)
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 class StreamEnv:
     """An isolated deployment on the shared broker: own app id (consumer group) and topic names."""
 

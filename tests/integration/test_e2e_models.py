@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 import pytest
 
-from tests.conftest import StreamEnv
+from tests.conftest import StreamEnv, log_end
 
 pytestmark = pytest.mark.kafka
 
@@ -222,7 +222,7 @@ def _committed_behind(env, topics) -> tuple[int, int]:
         for t in topics:
             md = c.list_topics(t, timeout=10).topics[t]
             for tp in c.committed([TopicPartition(t, p) for p in md.partitions], timeout=10):
-                hi = c.get_watermark_offsets(tp, timeout=10)[1]
+                hi = log_end(c, tp)
                 behind += hi - max(tp.offset, 0)
                 total += hi
         return behind, total

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from stream.demo import Injection, generate
-from tests.conftest import ROOT, StreamEnv, _free_port
+from tests.conftest import ROOT, StreamEnv, _free_port, log_end
 
 pytestmark = pytest.mark.kafka
 
@@ -118,7 +118,7 @@ def test_plain_mechanism_produces_and_applies(sasl_broker, tmp_path):
     try:
         topic = env.env["STREAM_TOPIC_METRICS"]
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        total = sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
+        total = sum(log_end(c, TopicPartition(topic, p)) for p in parts)
     finally:
         c.close()
     assert total == 50
