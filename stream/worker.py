@@ -218,10 +218,20 @@ def build_app(settings: Settings | None = None) -> faust.App:
     @app.page("/ready")
     async def ready_page(web, request):
         assigned = app.consumer.assignment() if app.consumer else set()
-        recovered = app.tables.recovery.completed.is_set() if hasattr(app.tables, "recovery") else False
-        ready = bool(assigned) and recovered
+        recovery = getattr(app.tables, "recovery", None)
+        # Faust sets recovery.completed once and never clears it: a worker restoring the tables of
+        # partitions a rebalance gave it (a failover) is in_recovery, and not ready
+        recovered = recovery is not None and recovery.completed.is_set() and not recovery.in_recovery
+        ready = bool(assigned) and recovered and not app.rebalancing
         return web.json({"ready": ready, "partitions": len(assigned), "tables_recovered": recovered},
                         status=200 if ready else 503)
+
+    @app.page("/debug/consumer")
+    async def debug_consumer_page(web, request):
+        """Per-partition consumer and recovery state (stream.consumer_fix.consumer_state)."""
+        from stream.consumer_fix import consumer_state
+
+        return web.json(consumer_state(app))
 
     # records Faust skipped around a rebalance are read again (stream.gaps); not under exactly_once,
     # where transaction markers leave a hole after every transaction of the internal topic

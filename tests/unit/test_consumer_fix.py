@@ -236,3 +236,62 @@ def test_records_of_a_partition_not_active_when_fetched_are_fetched_again_not_dr
     got = asyncio.run(_drain(c))
     assert got == [(A, 10)]
     assert c._pending_reseek()[C][0] == 5
+
+
+class RebalancingConsumer(FakeConsumer):
+    """aiokafka's seek of a partition not assigned at that instant raises IllegalStateError (a
+    rebalance ran in aiokafka's thread after the caller looked at the assignment)."""
+
+    assigned = {A, B}
+
+    def assignment(self):
+        return set(self.assigned)
+
+    async def seek(self, partition, offset):
+        from aiokafka.errors import IllegalStateError
+
+        if partition not in self.assigned:
+            raise IllegalStateError(f"No current assignment for partition {partition}")
+        await super().seek(partition, offset)
+
+
+def test_a_seek_of_a_partition_revoked_meanwhile_is_skipped_not_raised_into_the_drain_loop():
+    # raised inside _drain_messages, it crashed Faust's fetcher for good (the worker fetched
+    # nothing more; a failover's table recovery waited for ever)
+    c = seek_safe(RebalancingConsumer)([{A: [940, 941], B: [500]}], committed={})
+
+    async def revoke_then_seek(msg):  # a re-read seek of A while a rebalance took A away
+        if msg == (A, 940):
+            c.assigned = {B}
+            await c.seek(A, 931)
+
+    got = asyncio.run(_drain(c, revoke_then_seek))  # (before the fix: IllegalStateError here)
+    assert got == [(A, 940), (A, 941), (B, 500)]  # the batch goes on (a generation change ends it)
+    assert c.seeks == [] and A not in c._seeked_at  # no seek happened, none recorded as made
+    assert A not in c._pending_reseek()
+
+
+def test_a_seek_of_an_assigned_partition_that_fails_still_raises():
+    c = seek_safe(RebalancingConsumer)([], committed={})
+    c.assigned = {B}
+    c.assignment = lambda: {A, B}  # assigned as far as the consumer knows: a real error
+
+    import pytest
+    from aiokafka.errors import IllegalStateError
+
+    with pytest.raises(IllegalStateError):
+        asyncio.run(c.seek(A, 1))
+
+
+def test_fetcher_watch_ignores_crashes_during_rebalances_and_stops():
+    from stream.consumer_fix import FetcherWatch
+
+    w = FetcherWatch(patience=3)
+    # Faust crashes the fetcher on purpose when a rebalance cancels it, and resets it after
+    assert not any(w.check(crashed=True, rebalancing=True, stopping=False) for _ in range(10))
+    assert not any(w.check(crashed=True, rebalancing=False, stopping=True) for _ in range(10))
+    # a crash outside a rebalance: reported after 3 checks in a row, not before
+    assert [w.check(crashed=True, rebalancing=False, stopping=False) for _ in range(4)] == [False, False, True, True]
+    # recovered (reset by a rebalance): counting starts over
+    assert not w.check(crashed=False, rebalancing=False, stopping=False)
+    assert not w.check(crashed=True, rebalancing=False, stopping=False)
