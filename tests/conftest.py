@@ -124,6 +124,7 @@ class StreamEnv:
             **extra,
         }
         self.procs: list[subprocess.Popen] = []
+        self.ports: list[tuple[str, str]] = []  # (worker name, web port) of each of procs
 
     def cli(self, *args: str, input: bytes | None = None, timeout: float = 120, check: bool = True):
         res = subprocess.run([sys.executable, "-m", "stream.cli", *args], env=self.env, input=input,
@@ -138,7 +139,31 @@ class StreamEnv:
         p = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker", "--loglevel", "info"], env=env,
                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.procs.append(p)
+        self.ports.append((name, env["STREAM_WEB_PORT"]))
         return p
+
+    def diagnostics(self, tail: int = 4000) -> str:
+        """For a failure message: each live worker's /debug/consumer page (per-partition consumer
+        and recovery state) and the end of every worker log."""
+        import json
+        import urllib.request
+
+        out = []
+        for (name, port), p in zip(self.ports, self.procs):
+            if p.poll() is not None:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/consumer", timeout=5) as r:
+                    page = json.loads(r.read())
+                rows = [row for row in page.pop("partitions", [])
+                        if row.get("changelog") or row.get("highwater") != row.get("committed_offset")]
+                out.append(f"== {name} /debug/consumer: {json.dumps(page)}\n"
+                           + "\n".join(json.dumps(row) for row in rows))
+            except Exception as exc:  # noqa: BLE001 - diagnostics only
+                out.append(f"== {name} /debug/consumer: {exc}")
+        for log in sorted(self.tmp.glob("*.log")):
+            out.append(f"== {log.name}\n{log.read_text(errors='replace')[-tail:]}")
+        return "\n".join(out)
 
     def worker_log(self, name: str = "worker") -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")

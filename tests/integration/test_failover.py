@@ -225,6 +225,14 @@ def _failover(ref: Reference, kafka_bootstrap, tmp_path_factory) -> None:
         _caught_up(env, 180)
         caught_up = time.monotonic() - t_kill
         assert w2.poll() is None, env.worker_log("w2")[-3000:]
+        # the survivor's own account (/debug/consumer): it holds every input partition, has read
+        # each to its end and committed it, and no table recovery is in progress
+        status, body = web(port2, "debug/consumer")
+        page = json.loads(body)
+        rows = {(r["topic"], r["partition"]): r for r in page["partitions"]}
+        assert status == 200 and not page["recovery"]["in_recovery"] and set(rows) >= want, page
+        for tp in want:
+            assert (rows[tp]["committed_offset"] or 0) == rows[tp]["highwater"] and not rows[tp]["paused"], rows[tp]
         got = alerts_of(env)
         late = processed(port2, "late")
         print(f"failover: w2 holds every partition, tables recovered, {takeover:.1f}s after SIGKILL; "

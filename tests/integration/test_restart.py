@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from stream.demo import Injection, generate
-from tests.conftest import StreamEnv
+from tests.conftest import StreamEnv, log_end
 
 pytestmark = pytest.mark.kafka
 
@@ -49,7 +49,7 @@ def _caught_up(env: StreamEnv, timeout: float) -> None:
                 md = c.list_topics(t, timeout=10).topics[t]
                 tps = [TopicPartition(t, p) for p in md.partitions]
                 for tp in c.committed(tps, timeout=10):
-                    hi = c.get_watermark_offsets(tp, timeout=10)[1]
+                    hi = log_end(c, tp)
                     gap = hi - max(tp.offset, 0)
                     if 0 < gap <= 4 and not _records_from(probe, tp):
                         gap = 0
@@ -60,8 +60,7 @@ def _caught_up(env: StreamEnv, timeout: float) -> None:
     finally:
         c.close()
         probe.close()
-    logs = "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-1500:]}" for p in env.tmp.glob("*.log"))
-    raise AssertionError(f"worker did not catch up within {timeout}s ({behind} behind):\n{logs}")
+    raise AssertionError(f"worker did not catch up within {timeout}s ({behind} behind):\n{env.diagnostics()}")
 
 
 def _records_from(probe: Consumer, tp: TopicPartition) -> bool:
