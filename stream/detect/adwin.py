@@ -2,9 +2,9 @@
 
 The engine keeps one ADWIN per metric of every entity. river's ``river.drift.ADWIN`` (a Python
 object with a ``__dict__`` around a Rust helper holding two vectors per bucket level) costs
-about 1.1 KB after a few dozen values. :class:`ADWIN` keeps its bucket rows in one small C block
-in window order (145 bytes after 5 values, 324 after 36, by RSS), with river's algorithm, parameters and floating-point
-operations in the same order: ``drift_detected``, ``estimation``, ``width``, ``variance`` and
+about 1.1 KB after a few dozen values. :class:`ADWIN` keeps its bucket rows in one small C
+block in window order (145 bytes in all after 5 values, 324 after 36, by RSS), with river's
+algorithm, parameters and floating-point operations in the same order: ``drift_detected``, ``estimation``, ``width``, ``variance`` and
 ``total`` are bit-identical to river's at every step (``tests/unit/test_adwin.py``), including
 river's wrapper behaviour of starting over at the update after a detection. It pickles to a
 short byte string with a leading version byte (:meth:`ADWIN.to_bytes`).

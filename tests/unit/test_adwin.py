@@ -277,6 +277,8 @@ def test_parameters_and_invalid_ones():
         ADWIN(clock=0)  # river: a panic (modulo by zero) at the first update
     with pytest.raises(ValueError):
         ADWIN(max_buckets=0)  # river: a panic at the first update
+    with pytest.raises(ValueError):
+        ADWIN(max_buckets=65535)  # a level's count is a uint16 (river's a usize)
 
 
 def test_max_buckets_1_matches_river_until_river_panics():
