@@ -11,13 +11,15 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 here = Path(__file__).parent
+# river-exact floating point: no fused multiply-adds (river's Rust never contracts a * b + c)
+EXTRA_ARGS = {"stream/detect/_adwin.pyx": ["-ffp-contract=off"]}
 extensions = [
     Extension(
         str(p.with_suffix("")).replace("/", "."),
         [str(p)],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O3"],
+        extra_compile_args=["-O3", *EXTRA_ARGS.get(p.as_posix(), [])],
     )
     for p in sorted(Path("stream").rglob("*.pyx"))
 ]

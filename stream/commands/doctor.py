@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 EXTENSIONS = ("stream.detect._window", "stream.detect._hst", "stream.detect._binning", "stream.detect._standardize",
-              "stream._route")
+              "stream.detect._adwin", "stream._route")
 
 
 @dataclass
@@ -23,7 +23,7 @@ def register(sub) -> None:
         "doctor", help="check the broker, topics, compiled extensions, specs and settings",
         description="Check that the Kafka broker answers (STREAM_BOOTSTRAP_SERVERS), that every declared topic "
         "exists with its declared partitions and configs, that the compiled extensions (stream.detect._window, "
-        "_hst, _binning, _standardize, stream._route) are loaded from built .so files, and that the detector and monitor specs in "
+        "_hst, _binning, _standardize, _adwin, stream._route) are loaded from built .so files, and that the detector and monitor specs in "
         "STREAM_SPECS_DIR are valid; then print the settings with secrets masked.",
         epilog="Exit status: 0 when every check passes, 1 otherwise.")
     p.add_argument("--json", action="store_true", help="print one JSON object (checks and masked settings)")

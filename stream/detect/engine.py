@@ -53,6 +53,7 @@ import orjson
 
 from stream.detect import _standardize
 from stream.detect._standardize import count_below
+from stream.detect.adwin import ADWIN
 from stream.detect.models import make_model, model_from_bytes
 from stream.detect.spec import DetectorSpec
 from stream.detect._window import add_sample as _add_sample
@@ -83,10 +84,12 @@ def _z_crit(p: float, n: int) -> float:
 
 
 _ADWIN = None
+_COMPACT_ADWIN = ADWIN  # (the engine creates ``ADWIN``s; a test may swap in river's)
 
 
 def _adwin():
-    """river's ADWIN class (imported at the first use)."""
+    """river's ADWIN class (imported at the first use): entity states written before the compact
+    :class:`stream.detect.adwin.ADWIN` hold river's, which go on working (:func:`_adwin_step`)."""
     global _ADWIN
     if _ADWIN is None:
         from river.drift import ADWIN
@@ -96,13 +99,17 @@ def _adwin():
 
 
 def _adwin_step(ad, v: float) -> tuple[float, bool]:
-    """``(ad.estimation, then ad.update(v) and ad.drift_detected)`` for a river ADWIN.
+    """``(ad.estimation, then ad.update(v) and ad.drift_detected)`` for an ADWIN.
 
-    Through river's compiled helper when ``ad`` is a plain river ADWIN (the calls its update and
-    properties make, in the same order, without three Python property calls per update: this
-    runs for every metric of every normal window); through the public API otherwise.
+    One compiled call for :class:`stream.detect.adwin.ADWIN` (the engine's, bit-identical to
+    river's). For a river ADWIN (from an older entity state): through river's compiled helper
+    when ``ad`` is a plain river ADWIN (the calls its update and properties make, in the same
+    order, without three Python property calls per update: this runs for every metric of every
+    normal window); through the public API otherwise.
     """
-    h = ad.__dict__.get("_helper") if type(ad) is _ADWIN else None
+    if type(ad) is _COMPACT_ADWIN:
+        return ad.step(v)
+    h = ad.__dict__.get("_helper") if type(ad) is _adwin() else None
     if h is None or "_drift_detected" not in ad.__dict__:
         before = ad.estimation
         ad.update(v)
@@ -645,7 +652,6 @@ class Detector:
         """ADWIN over each metric's window mean (the ``metric:mean`` feature, when finite)."""
         if not self._has_mean:
             return None  # no "mean" feature: nothing to watch
-        ADWIN = _adwin()
         changed = []
         summary = w.summary
         adwins = ent.adwins
@@ -655,7 +661,7 @@ class Detector:
                 continue  # (left out of the features)
             ad = adwins.get(metric)
             if ad is None:
-                ad = adwins[metric] = ADWIN(delta=self.spec.drift_delta)
+                ad = adwins[metric] = ADWIN(self.spec.drift_delta)
             before, detected = _adwin_step(ad, v)
             if detected:
                 # statistically significant is not enough: the shift must matter against the
