@@ -257,16 +257,20 @@ cdef inline void _add(double* acc, double* buf, int bsize, long s, double t, dou
 
 cdef class EntityWindows:
     """One entity's open windows ({start: {metric: slot}}, in creation order), their starts in
-    ascending order, and the end of its last closed window (None before the first)."""
+    ascending order, the end of its last closed window (None before the first), and the key of
+    its one live entry in its lane's heap (``queued``: a start no later than its earliest open
+    window, or None when it has none)."""
 
     cdef public dict wins
     cdef public list starts
     cdef public object closed_until
+    cdef public object queued
 
     def __init__(self):
         self.wins = {}
         self.starts = []
         self.closed_until = None
+        self.queued = None
 
 
 def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, entity, metric,
@@ -281,6 +285,7 @@ def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, e
     cdef EntityWindows rec
     cdef PyObject* p
     cdef long slot
+    cdef object queued
     if not isfinite(q):
         math.floor(q)  # raises as the Python rule did (NaN / inf event time)
     start_d = floor(q) * size  # math.floor(ts / size) * size
@@ -298,10 +303,13 @@ def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, e
     if p == NULL:
         slots = {}
         rec.wins[start] = slots
-        heap = heaps.get(lane)
-        if heap is None:
-            heap = heaps[lane] = []
-        heapq.heappush(heap, (start, entity))
+        queued = rec.queued
+        if queued is None or start_d < <double> queued:  # one live heap entry per entity (WindowStore.close_until)
+            heap = heaps.get(lane)
+            if heap is None:
+                heap = heaps[lane] = []
+            heapq.heappush(heap, (start, entity))
+            rec.queued = start
         lst = rec.starts
         lst.append(start)
         if len(lst) > 1 and lst[len(lst) - 2] > start:  # (compiled with wraparound=False)
