@@ -307,3 +307,46 @@ def test_alerts_of_every_kind_match_the_alert_schema():
     assert {a["status"] for a in alerts} == {"firing", "resolved"}
     for a in alerts:
         v.validate(a)
+
+
+def _perf_stream(mon, start, end):
+    """Error-rate steps (0.1 -> 0.35 -> 0.1) on one model, fed from inference start to end."""
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(6000):
+        f = features(rng)
+        p = int(rng.random() < 0.3)
+        s = float(rng.random())
+        err = 0.35 if 2000 <= i < 4000 else 0.1
+        lab = p if rng.random() > err else 1 - p
+        if start <= i < end:
+            out += mon.observe(Inference("churn", "v1", f"r{i}", T0 + i, f, p, s, None), 0, i)
+            out += mon.feedback(Feedback("churn", "v1", f"r{i}", lab, T0 + i + 5), 0, i)
+    return out
+
+
+def test_performance_drift_with_the_compact_adwin_equals_rivers_and_old_states_continue(monkeypatch):
+    """The monitors' ADWIN is the compact one (bit-identical to river's): the alerts equal those
+    of a monitor running river's ADWIN, and a state written by such a monitor (a pickled river
+    ADWIN) loads and goes on with the same alerts."""
+    import river.drift
+
+    import stream.detect.adwin as compact
+
+    strip = lambda al: [{k: v for k, v in a.items() if k not in ("created_at", "model")} for a in al]
+    mon = Monitors([DEFAULT_MONITOR])
+    ours = _perf_stream(mon, 0, 6000)
+    assert kinds(ours) == [("performance_drift", "firing"), ("performance_drift", "resolved")], kinds(ours)
+    assert type(mon.models["churn"].versions["v1"].adwin) is compact.ADWIN
+    with monkeypatch.context() as m:
+        m.setattr(compact, "ADWIN", river.drift.ADWIN)  # a monitor of the release before
+        old = Monitors([DEFAULT_MONITOR])
+        rivers = _perf_stream(old, 0, 3000)
+        assert type(old.models["churn"].versions["v1"].adwin) is river.drift.ADWIN
+        blob = old.export_state("churn")
+        rivers += _perf_stream(old, 3000, 6000)
+    assert strip(rivers) == strip(ours)
+    new = Monitors([DEFAULT_MONITOR])
+    new.import_state("churn", blob)
+    assert type(new.models["churn"].versions["v1"].adwin) is river.drift.ADWIN
+    assert strip(_perf_stream(Monitors([DEFAULT_MONITOR]), 0, 3000) + _perf_stream(new, 3000, 6000)) == strip(ours)
