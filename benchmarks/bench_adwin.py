@@ -21,9 +21,9 @@ import pickle
 import random
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import best_of, write_json  # noqa: E402  (benchmarks/, the script's folder)
 
 
 def rss_bytes() -> int:
@@ -39,16 +39,6 @@ def make_stream(n: int, seed: int) -> list[float]:
             level += rng.choice([-1, 1]) * rng.uniform(0.5, 4.0)
         out.append(level + rng.gauss(0, 1))
     return out
-
-
-def best_of(repeats: int, fn):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def feed_river(values):
@@ -172,11 +162,7 @@ def main(argv=None) -> int:
     print(f"{'tracemalloc bytes/instance':>34} {'-':>12} {tm_o:>12,.0f}")
     print(f"{'pickled bytes/instance':>34} {pk_r:>12,} {pk_o:>12,} {pk_r / pk_o:>7.1f}x")
     if args.json:
-        import orjson
-
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "wb") as fh:
-            fh.write(orjson.dumps(res, option=orjson.OPT_INDENT_2))
+        write_json(args.json, res)
     return 0
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import write_json  # noqa: E402  (benchmarks/, the script's folder)
 
 
 def rss_bytes() -> int:
@@ -36,8 +37,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import random
-
-    import orjson
 
     from stream.detect.engine import Detector
     from stream.detect.spec import DetectorSpec
@@ -84,9 +83,7 @@ def main(argv=None) -> int:
     for k, v in out.items():
         print(f"{k:>34}: {v:,.0f}" if isinstance(v, (int, float)) else f"{k:>34}: {v}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "wb") as fh:
-            fh.write(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+        write_json(args.json, out)
     return 0
 
 

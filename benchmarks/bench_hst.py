@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import best_of  # noqa: E402  (benchmarks/, the script's folder)
 
 from river.anomaly import HalfSpaceTrees as RiverHST  # noqa: E402
 
@@ -40,17 +41,6 @@ def make_stream(n, n_features, seed):
     names = [f"f{i}" for i in range(n_features)]
     events = [dict(zip(names, row)) for row in X.tolist()]
     return names, X, events
-
-
-def best_of(repeats, fn):
-    best = float("inf")
-    out = None
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def per_event(model, events):
