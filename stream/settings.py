@@ -98,7 +98,7 @@ class Settings:
     )
     worker_log_level: str = _f("warning", "worker log level", choices=("debug", "info", "warning", "error"))
     # --- web / metrics -------------------------------------------------------------------
-    web_bind: str = _f("127.0.0.1", "bind address of the worker's web server (/metrics, /health, /ready)")
+    web_bind: str = _f("127.0.0.1", "bind address of the worker's web server (/metrics, /health, /ready, /debug/consumer)")
     web_port: int = _f(6066, "port of the worker's web server", minimum=0)
     # --- local broker (stream kafka up) -------------------------------------------------
     kafka_home: str = _f("", "an unpacked Apache Kafka distribution to use instead of Maven Central jars")
