@@ -100,9 +100,8 @@ class Pipeline:
         specs = load_specs(settings.specs_dir or None, window=settings.window_seconds,
                            lateness=settings.allowed_lateness_seconds)
         self.detectors = {s.name: Detector(s, source_topic=settings.topic_metrics) for s in specs}
-        # river's drift package imports a dataframe stack (~1 s of CPU): at start, not in the
-        # middle of the first window that checks for drift
-        import river.drift  # noqa: F401
+        # (river.drift is no longer imported at start: the engine and monitors use the compact
+        # ADWIN; only entity states written before it load river's, importing it then, once)
 
 
 def _use_fetch_wait_setting() -> None:

@@ -273,6 +273,19 @@ cdef class EntityWindows:
         self.queued = None
 
 
+cpdef queue_window(dict heaps, lane, EntityWindows rec, start, entity):
+    """Give the entity a heap entry at ``start`` (a window it just opened) unless its live entry
+    is already no later: one live entry per entity, ``rec.queued`` its key
+    (``WindowStore.close_until`` moves it forward when it pops it)."""
+    queued = rec.queued
+    if queued is None or <double> start < <double> queued:
+        heap = heaps.get(lane)
+        if heap is None:
+            heap = heaps[lane] = []
+        heapq.heappush(heap, (start, entity))
+        rec.queued = start
+
+
 def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, entity, metric,
                double ts, double value, long offset, long partition, lane):
     """Fold one sample into its entity's window (``WindowStore.add_sample``, compiled).
@@ -285,7 +298,6 @@ def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, e
     cdef EntityWindows rec
     cdef PyObject* p
     cdef long slot
-    cdef object queued
     if not isfinite(q):
         math.floor(q)  # raises as the Python rule did (NaN / inf event time)
     start_d = floor(q) * size  # math.floor(ts / size) * size
@@ -303,13 +315,7 @@ def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, e
     if p == NULL:
         slots = {}
         rec.wins[start] = slots
-        queued = rec.queued
-        if queued is None or start_d < <double> queued:  # one live heap entry per entity (WindowStore.close_until)
-            heap = heaps.get(lane)
-            if heap is None:
-                heap = heaps[lane] = []
-            heapq.heappush(heap, (start, entity))
-            rec.queued = start
+        queue_window(heaps, lane, rec, start, entity)
         lst = rec.starts
         lst.append(start)
         if len(lst) > 1 and lst[len(lst) - 2] > start:  # (compiled with wraparound=False)

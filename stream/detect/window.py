@@ -18,6 +18,7 @@ import numpy as np
 
 from stream.detect import _window
 from stream.detect._window import add_sample as _add_sample
+from stream.detect._window import queue_window as _queue_window
 
 SUMMARY_FIELDS = ("count", "mean", "std", "min", "max", "median", "iqr", "delta", "slope",
                   "first_ts", "last_ts", "first_offset", "last_offset", "partition")
@@ -124,11 +125,9 @@ class WindowStore:
             lst = rec.starts
             while lst and lst[0] <= limit:
                 out.append(close(entity, rec, lst[0]))
-            if lst:
-                rec.queued = lst[0]
-                heapq.heappush(heap, (lst[0], entity))  # (after limit: not popped again in this call)
-            else:
-                rec.queued = None
+            rec.queued = None
+            if lst:  # (its new entry is after limit: not popped again in this call)
+                _queue_window(self.heaps, lane, rec, lst[0], entity)
         for item in kept:
             heapq.heappush(heap, item)
         if len(out) > 1:
@@ -167,9 +166,7 @@ class WindowStore:
             slots = rec.wins.get(start)
             if slots is None:
                 slots = rec.wins[start] = {}
-                if rec.queued is None or start < rec.queued:
-                    heapq.heappush(self.heaps.setdefault(lane, []), (start, entity))
-                    rec.queued = start
+                _queue_window(self.heaps, lane, rec, start, entity)
                 rec.starts.append(start)
                 rec.starts.sort()
             for m, state in metrics.items():
