@@ -221,7 +221,7 @@ def _failover(ref: Reference, kafka_bootstrap, tmp_path_factory) -> None:
         takeover = time.monotonic() - t_kill
         assert len(members) == 1 and members[0] >= want and ready(port2).get("ready"), (
             f"w2 did not take over all input partitions within 90 s: {members} {ready(port2)}\n"
-            + env.worker_log("w2")[-3000:])
+            + env.diagnostics())
         _caught_up(env, 180)
         caught_up = time.monotonic() - t_kill
         assert w2.poll() is None, env.worker_log("w2")[-3000:]
