@@ -95,6 +95,19 @@ def seek_safe(base: type) -> type:
                 return
             self._stamp(partition, offset)
 
+        async def seek_wait(self, partitions: Any) -> None:
+            # Faust's table recovery seeks the changelog partitions with this (not with seek).
+            # Stamp them like any seek: a re-seek still pending from before (records of a
+            # partition that was paused while its fetch was out, say a standby that became
+            # active in this rebalance) would otherwise move the partition past the records the
+            # recovery just asked for.
+            pending = self._pending_reseek()
+            for tp in partitions:
+                pending.pop(tp, None)
+            await super().seek_wait(partitions)
+            for tp, offset in partitions.items():
+                self._stamp(tp, offset)
+
         async def perform_seek(self) -> None:
             _, _, seeking = self._seek_state()
             tps = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
@@ -329,6 +342,70 @@ class FetcherWatch:
         return self.count >= self.patience
 
 
+class RecoveryWatch:
+    """Says which active changelog partitions a table recovery waits on without progress.
+
+    Faust's recovery (``faust.tables.recovery.Recovery``) seeks each active changelog partition to
+    the offset it needs, resumes it and waits until every one has delivered records up to its log
+    end. In 1 of about 4 CI runs of the failover test the survivor's recovery waited for ever on
+    partitions holding 1 to 3 records, none of which ever arrived ("No event received for active
+    tp ... since recovery start"), and the worker never became ready. The cause was not found in
+    Faust's or aiokafka's code; whatever it is, the remedy is the one a restart would apply: seek
+    the partition again to the offset recovery needs. This class only decides *when*: a partition
+    with records remaining whose recovery offset has not moved for ``patience`` seconds. Each
+    partition gets ``max_remedies`` re-seeks per recovery; after that :meth:`check` says give up.
+
+    >>> w = RecoveryWatch(patience=10, max_remedies=1)
+    >>> w.check(0, recovery_id=1, remaining={"a": 3, "b": 0}, offsets={"a": -1, "b": 4})
+    ([], False)
+    >>> w.check(5, recovery_id=1, remaining={"a": 3, "b": 0}, offsets={"a": -1, "b": 4})
+    ([], False)
+    >>> w.check(11, recovery_id=1, remaining={"a": 3, "b": 0}, offsets={"a": -1, "b": 4})
+    (['a'], False)
+    >>> w.check(15, recovery_id=1, remaining={"a": 2}, offsets={"a": 0})  # progress: patience again
+    ([], False)
+    >>> w.check(26, recovery_id=1, remaining={"a": 2}, offsets={"a": 0})  # no re-seek left
+    ([], True)
+    >>> w.check(27, recovery_id=2, remaining={"a": 2}, offsets={"a": 0})  # a new recovery starts over
+    ([], False)
+    """
+
+    def __init__(self, patience: float = 20.0, max_remedies: int = 2) -> None:
+        self.patience = patience
+        self.max_remedies = max_remedies
+        self._recovery_id: Any = None
+        self._seen: Dict[Any, Tuple[Any, float]] = {}  # tp -> (recovery offset, since when)
+        self._remedies: Dict[Any, int] = {}
+
+    def check(self, now: float, *, recovery_id: Any, remaining: Dict[Any, int],
+              offsets: Dict[Any, Any]) -> Tuple[List[Any], bool]:
+        """Return ``(partitions to seek again, give up)`` for one look at a recovery in progress."""
+        if recovery_id != self._recovery_id:
+            self._recovery_id = recovery_id
+            self._seen.clear()
+            self._remedies.clear()
+        stalled: List[Any] = []
+        give_up = False
+        for tp, left in remaining.items():
+            if left <= 0:
+                self._seen.pop(tp, None)
+                continue
+            offset = offsets.get(tp)
+            seen = self._seen.get(tp)
+            if seen is None or seen[0] != offset:
+                self._seen[tp] = (offset, now)
+                continue
+            if now - seen[1] < self.patience:
+                continue
+            if self._remedies.get(tp, 0) >= self.max_remedies:
+                give_up = True
+                continue
+            self._remedies[tp] = self._remedies.get(tp, 0) + 1
+            self._seen[tp] = (offset, now)
+            stalled.append(tp)
+        return sorted(stalled), give_up
+
+
 def _exit_for_restart(reason: str) -> None:  # pragma: no cover - ends the process
     import os
 
@@ -339,13 +416,16 @@ def _exit_for_restart(reason: str) -> None:  # pragma: no cover - ends the proce
 
 
 def install(app: Any, *, interval: float = 5.0, patience: int = 6, on_reread: Any = None,
-            on_fetcher_dead: Any = _exit_for_restart) -> StallWatch:
-    """Make ``app`` use :class:`SeekSafeConsumer` and add the stall and fetcher watchdog timers.
+            on_recovery_reseek: Any = None, on_fetcher_dead: Any = _exit_for_restart) -> StallWatch:
+    """Make ``app`` use :class:`SeekSafeConsumer` and add the stall, recovery and fetcher watchdog
+    timers.
 
     Call right after creating the app (before anything creates its consumer). ``on_reread(tp,
-    offset, reason)`` is called for each partition the watchdog seeks back (metrics);
-    ``on_fetcher_dead(reason)`` when the fetcher stayed crashed (:class:`FetcherWatch`; the default
-    exits the process with status 70, as a SIGKILL would: crash-only, nothing is lost)."""
+    offset, reason)`` is called for each partition the watchdog seeks back (metrics), and
+    ``on_recovery_reseek(tp)`` for each changelog partition the recovery watchdog seeks again
+    (:class:`RecoveryWatch`); ``on_fetcher_dead(reason)`` when the fetcher stayed crashed
+    (:class:`FetcherWatch`) or a table recovery stayed stuck after its re-seeks: the default exits
+    the process with status 70, as a SIGKILL would: crash-only, nothing is lost."""
     transport = app.transport
     if app._consumer is not None:  # created already: switch the instance's class
         app._consumer.__class__ = seek_safe(type(app._consumer))
@@ -411,6 +491,50 @@ def install(app: Any, *, interval: float = 5.0, patience: int = 6, on_reread: An
                 consumer.repair_acks(tp)
             await consumer.seek(tp, back)
 
+    recovery_watch = RecoveryWatch()
+
+    @app.timer(interval=interval)
+    async def recovery_watchdog() -> None:
+        """Seek an active changelog partition again when the table recovery waits on it without
+        progress (see RecoveryWatch); exit for a restart when that did not help either."""
+        recovery = getattr(app.tables, "recovery", None)
+        consumer = app.consumer
+        if (recovery is None or not recovery.in_recovery or app.rebalancing or app.should_stop
+                or recovery.signal_recovery_start.is_set()):
+            return
+        remaining = dict(recovery.active_remaining())
+        offsets = dict(recovery.active_offsets)
+        stalled, give_up = recovery_watch.check(
+            asyncio.get_running_loop().time(), recovery_id=(app.consumer_generation_id,
+                                                            getattr(recovery, "_recovery_started_at", None)),
+            remaining=remaining, offsets=offsets)
+        if not stalled and not give_up:
+            return
+        state = consumer_state(app)
+        rows = [r for r in state.pop("partitions") if (r["topic"], r["partition"]) in
+                {(tp.topic, tp.partition) for tp in stalled} or (give_up and r.get("recovery"))]
+        if give_up and getattr(app, "in_transaction", False):
+            # exactly_once: a changelog's last offset can be a transaction marker, never delivered;
+            # Faust itself moves recovery past it once the changelogs fall quiet (detect_aborted_tx)
+            return
+        if give_up:
+            on_fetcher_dead(f"the table recovery made no progress for {recovery_watch.patience:.0f} s after "
+                            f"{recovery_watch.max_remedies} re-seeks (consumer {state}, partitions {rows})")
+            return
+        targets = {tp: max((offsets.get(tp) if offsets.get(tp) is not None else -1) + 1, 0) for tp in stalled}
+        log.warning("table recovery: no record of %s arrived for %.0f s although %s remain; seeking again to %s "
+                    "(consumer %s, partitions %s)", sorted(f"{tp.topic}/{tp.partition}" for tp in stalled),
+                    recovery_watch.patience, {f"{tp.topic}/{tp.partition}": remaining[tp] for tp in stalled},
+                    {f"{tp.topic}/{tp.partition}": o for tp, o in targets.items()}, state, rows)
+        if on_recovery_reseek is not None:
+            for tp in stalled:
+                on_recovery_reseek(tp)
+        consumer.resume_partitions(stalled)  # Faust's view: recovery resumed them; make sure
+        try:
+            await consumer.seek_wait(targets)
+        except Exception as exc:  # noqa: BLE001 - revoked meanwhile: the next rebalance recovers anew
+            log.warning("table recovery: seeking %s again failed: %r", sorted(targets), exc)
+
     return watch
 
 
@@ -426,19 +550,30 @@ def consumer_state(app: Any) -> Dict[str, Any]:
     consumer = app.consumer
     out: Dict[str, Any] = {"generation_id": app.consumer_generation_id, "rebalancing": bool(app.rebalancing),
                            "flow_active": bool(getattr(consumer, "flow_active", False))}
+    flow = getattr(app, "flow_control", None)
+    out["flow_control_active"] = bool(flow.is_active()) if flow is not None else None
+    out["suspend_flow"] = bool(consumer.suspend_flow.is_set()) if hasattr(consumer, "suspend_flow") else None
+    fetcher = getattr(app, "_fetcher", None)
+    if fetcher is not None:
+        out["fetcher"] = {"state": str(getattr(fetcher, "state", "")), "crashed": bool(fetcher.crashed)}
     recovery = getattr(app.tables, "recovery", None)
     if recovery is not None:
         out["recovery"] = {"in_recovery": bool(recovery.in_recovery),
                            "completed_once": recovery.completed.is_set()}
+        queue = getattr(app.tables, "_changelog_queue", None)
+        out["recovery"]["changelog_queue"] = queue.qsize() if queue is not None else None
     try:
-        fetch_state = consumer._thread._ensure_consumer()._subscription.subscription.assignment.state_value
+        kafka_consumer = consumer._thread._ensure_consumer()
+        fetch_state = kafka_consumer._subscription.subscription.assignment.state_value
+        fetched = kafka_consumer._fetcher._records  # records aiokafka fetched and nobody took yet
     except Exception:  # noqa: BLE001 - not subscribed yet
-        fetch_state = None
+        fetch_state, fetched = None, {}
     paused = getattr(consumer, "_paused_partitions", set())
     active = getattr(consumer, "_active_partitions", None) or set()
     buffered = getattr(consumer, "_buffered_partitions", set())
     seeked_at = getattr(consumer, "_seeked_at", {})
     seek_target = getattr(consumer, "_seek_target", {})
+    pending = getattr(consumer, "_pending", {})
     parts = []
     for tp in sorted(consumer.assignment()):
         row: Dict[str, Any] = {
@@ -447,6 +582,7 @@ def consumer_state(app: Any) -> Dict[str, Any]:
             "read_offset": consumer._read_offset.get(tp), "committed_offset": consumer._committed_offset.get(tp),
             "acked_pending": len(consumer._acked.get(tp) or ()),
             "last_seek": [seeked_at[tp], seek_target.get(tp)] if tp in seeked_at else None,
+            "pending_reseek": list(pending[tp]) if tp in pending else None,
         }
         try:
             row["highwater"] = consumer.highwater(tp)
@@ -455,11 +591,13 @@ def consumer_state(app: Any) -> Dict[str, Any]:
         st = fetch_state(tp) if fetch_state is not None else None
         if st is not None:
             row["fetch"] = {"position": st.position if st.has_valid_position else None,
-                            "paused": bool(st.paused), "awaiting_reset": bool(st.awaiting_reset)}
+                            "paused": bool(st.paused), "awaiting_reset": bool(st.awaiting_reset),
+                            "undelivered": type(fetched[tp]).__name__ if tp in fetched else None}
         if recovery is not None and tp in recovery.active_offsets:
             row["recovery"] = {"offset": recovery.active_offsets.get(tp),
                                "highwater": recovery.active_highwaters.get(tp),
-                               "event_received": tp in recovery._active_events_received_at}
+                               "event_received": tp in recovery._active_events_received_at,
+                               "active": tp in recovery.active_tps}
         parts.append(row)
     out["partitions"] = parts
     return out

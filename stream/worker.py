@@ -167,7 +167,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # faust-streaming drops records fetched around a seek (after a rebalance): fixed consumer and a
     # watchdog for stalled commits (stream.consumer_fix); its re-reads count as input re-reads
     from stream.consumer_fix import install as install_consumer_fix
-    install_consumer_fix(app, on_reread=lambda tp, offset, reason: m.REREADS.labels(tp.topic).inc())
+    install_consumer_fix(app, on_reread=lambda tp, offset, reason: m.REREADS.labels(tp.topic).inc(),
+                         on_recovery_reseek=lambda tp: m.RECOVERY_RESEEKS.labels(tp.topic).inc())
     pipe = Pipeline(s)
     app.pipeline = pipe  # type: ignore[attr-defined]
 

@@ -295,3 +295,56 @@ def test_fetcher_watch_ignores_crashes_during_rebalances_and_stops():
     # recovered (reset by a rebalance): counting starts over
     assert not w.check(crashed=False, rebalancing=False, stopping=False)
     assert not w.check(crashed=True, rebalancing=False, stopping=False)
+
+
+# --------------------------------------------------------------------------- table recovery
+
+C = TP("t-changelog", 0)  # a changelog partition: recovery seeks it with seek_wait
+
+
+class RecoveringConsumer(FakeConsumer):
+    def __init__(self, batches, active):
+        super().__init__(batches, committed={})
+        self.active = active
+
+    def assignment(self):
+        return {A, B, C}
+
+    async def _wait_next_records(self, timeout):
+        records, _ = await super()._wait_next_records(timeout)
+        return records, self.active
+
+    async def seek_wait(self, partitions):
+        self.seeks.extend(partitions.items())
+
+
+def test_a_recovery_seek_cancels_a_reseek_pending_from_before_it():
+    # C's records came back from a fetch after C was paused (a standby becoming active in a
+    # rebalance): the drain loop would seek C back to 7 ... after the recovery sought C to 0,
+    # moving it past the 7 records the recovery waits for
+    c = seek_safe(RecoveringConsumer)([{C: [7, 8]}], active={A, B})
+    assert asyncio.run(_drain(c)) == []
+    assert c._pending_reseek() == {C: (7, 0)}
+    asyncio.run(c.seek_wait({C: 0}))
+    assert C not in c._pending_reseek() and c.seeks == [(C, 0)]
+    assert c._seek_target[C] == 0  # stamped: records fetched before it are not delivered
+    c.batches, c.active = [{C: [0, 1]}], {A, B, C}
+    assert asyncio.run(_drain(c)) == [(C, 0), (C, 1)]  # fetched after it: delivered
+
+
+def test_recovery_watch_leaves_a_slow_recovery_alone_and_reseeks_a_stalled_one():
+    from stream.consumer_fix import RecoveryWatch
+
+    w = RecoveryWatch(patience=20, max_remedies=2)
+    # a big changelog read slowly: the offset moves between every look, for minutes
+    for t in range(0, 600, 5):
+        assert w.check(t, recovery_id=1, remaining={C: 10_000 - t}, offsets={C: t}) == ([], False)
+    # it stops moving with records left: sought again after 20 s, then after 20 s more, then give up
+    looks = [w.check(t, recovery_id=1, remaining={C: 5}, offsets={C: 600}) for t in range(600, 700, 5)]
+    stalled_at = [600 + 5 * i for i, (tps, _) in enumerate(looks) if tps]
+    assert stalled_at == [620, 640]
+    assert [give_up for _, give_up in looks].index(True) == (660 - 600) // 5
+    # nothing remaining (or a partition without records): never sought again
+    w2 = RecoveryWatch(patience=1)
+    assert all(w2.check(t, recovery_id=1, remaining={C: 0, A: -1}, offsets={C: 3, A: -1}) == ([], False)
+               for t in range(100))
