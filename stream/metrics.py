@@ -24,9 +24,10 @@ STATE_BYTES = Gauge("stream_state_bytes", "Serialized state bytes last written, 
 REBALANCES = Counter("stream_rebalances", "Consumer group rebalances seen by this worker", registry=REGISTRY)
 REREADS = Counter("stream_input_rereads", "Holes in a partition's offsets the consumer skipped, read again "
                   "(stream.gaps)", ["topic"], registry=REGISTRY)
-RECOVERY_RESEEKS = Counter("stream_recovery_reseeks", "Table changelog partitions the recovery watchdog sought "
-                           "again because the recovery waited on them without progress "
-                           "(stream.consumer_fix.RecoveryWatch)", ["topic"], registry=REGISTRY)
+RECOVERY_UNSTUCK = Counter("stream_recovery_unstuck", "Table changelog partitions a recovery waited on without "
+                           "progress, by what the recovery watchdog did: reseek (sought again to the offset the "
+                           "recovery needs) or log_end (read to its log end: the rest holds no record) "
+                           "(stream.consumer_fix.RecoveryWatch)", ["topic", "action"], registry=REGISTRY)
 BUILD = Info("stream_build", "Build information", registry=REGISTRY)
 BUILD.info({"version": __version__})
 # consumer lag of the worker's input partitions (set by stream.lag.LagMonitor in a background thread)

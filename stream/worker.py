@@ -168,7 +168,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # watchdog for stalled commits (stream.consumer_fix); its re-reads count as input re-reads
     from stream.consumer_fix import install as install_consumer_fix
     install_consumer_fix(app, on_reread=lambda tp, offset, reason: m.REREADS.labels(tp.topic).inc(),
-                         on_recovery_reseek=lambda tp: m.RECOVERY_RESEEKS.labels(tp.topic).inc())
+                         on_recovery_reseek=lambda tp, action: m.RECOVERY_UNSTUCK.labels(tp.topic, action).inc())
     pipe = Pipeline(s)
     app.pipeline = pipe  # type: ignore[attr-defined]
 
