@@ -206,6 +206,21 @@ class StreamEnv:
                 p.kill()
 
 
+def web(env_or_port, page: str) -> tuple[int, bytes]:
+    """GET a worker's page (``page`` without the leading slash): (status, body); (0, b"") if down."""
+    import urllib.error
+    import urllib.request
+
+    port = env_or_port if isinstance(env_or_port, (int, str)) else env_or_port.env["STREAM_WEB_PORT"]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{page}", timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
 def _free_port() -> int:
     import socket
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 import json
 import signal
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 
 from stream.demo import Injection, generate
-from tests.conftest import StreamEnv, _free_port
+from tests.conftest import StreamEnv, _free_port, web
 from tests.integration.test_restart import _caught_up
 
 pytestmark = pytest.mark.kafka
@@ -53,17 +51,6 @@ def alerts_of(env: StreamEnv) -> list[dict]:
 
 def key(alerts) -> set[tuple[str, str]]:
     return {(a["alert_id"], a["status"]) for a in alerts}
-
-
-def web(env_or_port, page: str) -> tuple[int, bytes]:
-    port = env_or_port if isinstance(env_or_port, (int, str)) else env_or_port.env["STREAM_WEB_PORT"]
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{page}", timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
 
 
 def processed(port, outcome: str = "processed") -> float:

@@ -15,8 +15,6 @@ asserts that the worker becomes ready, says what it did, and then processes inpu
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 
 import orjson
 import pytest
@@ -24,26 +22,16 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from stream.demo import generate
-from tests.conftest import StreamEnv
+from tests.conftest import StreamEnv, web
 
 pytestmark = pytest.mark.kafka
 
 T0 = 1_700_000_000.0 - (1_700_000_000.0 % 60)
 
 
-def _get(env: StreamEnv, page: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{env.env['STREAM_WEB_PORT']}{page}", timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
-
-
 def _metric(env: StreamEnv, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels``."""
-    _, body = _get(env, "/metrics")
+    _, body = web(env, "metrics")
     want = [f'{k}="{v}"' for k, v in labels.items()]
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
                if line.startswith(name + "{") and all(w in line for w in want))
@@ -69,7 +57,7 @@ def test_a_changelog_ending_in_a_transaction_marker_is_recovered(kafka_bootstrap
         status = 0
         while time.monotonic() - t0 < 120 and status != 200:
             time.sleep(1)
-            status, body = _get(env, "/ready")
+            status, body = web(env, "ready")
         took = time.monotonic() - t0
         assert status == 200, f"not ready after {took:.0f} s ({body!r}):\n{env.diagnostics()}"
         log = env.worker_log()
