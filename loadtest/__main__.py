@@ -6,6 +6,26 @@ import sys
 from pathlib import Path
 
 
+def broker_problem(bootstrap: str, timeout: float = 10.0) -> str | None:
+    """None if a broker answers at ``bootstrap``, else one line saying what is wrong and what to do
+    (before the run starts anything: no minutes of client errors and a traceback at the end)."""
+    import logging
+    import os
+
+    from stream.kafka.errors import describe, list_topics_failfast
+    from stream.settings import Settings
+
+    quiet = logging.getLogger("loadtest.preflight")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    settings = Settings.load({**os.environ, "STREAM_BOOTSTRAP_SERVERS": bootstrap})
+    _, md, err = list_topics_failfast(settings, timeout, logger=quiet)
+    if md is not None:
+        return None
+    hint = " (a local one: `stream kafka up`; another: --bootstrap HOST:PORT)"
+    return describe(settings, err) + hint
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtest", description="Load test of the stream service.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -82,6 +102,10 @@ def main(argv=None) -> int:
         p.error("--batch must be >= 1")
     if not 0.0 <= cfg.warmup < 1.0:
         p.error("--warmup must be in [0, 1)")
+    err = broker_problem(cfg.bootstrap)
+    if err:
+        print(f"python -m loadtest: {err}", file=sys.stderr)
+        return 2
     report = run(cfg, args.report)
     print(args.report.with_suffix(".md").read_text())
     return 0 if report else 1
