@@ -93,6 +93,11 @@ class Settings:
         2.8, "how often the worker commits its input offsets, writing changed state first (Faust's "
         "broker_commit_interval): shorter means less to replay after a crash and more state writes", minimum=0.05
     )
+    state_write_direct: bool = _f(
+        True, "write changed entity state to the changelog at each commit straight through the Kafka "
+        "producer (false: through Faust's table buffer, which holds input back while it drains: 0.4-1.6 s "
+        "per commit at 1,000 entities)"
+    )
     processing_guarantee: str = _f(
         "at_least_once", "Faust processing guarantee", choices=("at_least_once", "exactly_once")
     )

@@ -19,6 +19,7 @@ Two agents:
 """
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -340,12 +341,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # so with exactly_once, state is written eagerly, per message, inside the agent (slower).
     eos = s.processing_guarantee == "exactly_once"
 
-    def flush_state(lanes: set[int] | None = None, in_event: bool = False) -> int:
-        """Write dirty entities (of ``lanes``, or all) to the table and its changelog.
-
-        ``in_event``: called while processing an event (exactly_once), where Faust writes the
-        changelog record itself, in the event's transaction."""
-        n = 0
+    def export_dirty(lanes: set[int] | None = None):
+        """Serialize the dirty entities (of ``lanes``, or all) and mark them clean: yields
+        ``(lane, key, blob)``."""
         for key, (det, eid) in list(dirty.items()):
             ent = det.entities.get(eid)
             if ent is None:
@@ -355,15 +353,63 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 continue
             blob = pack_state(det.export_state(eid))
             state_sizes[key] = len(blob)
+            del dirty[key]
+            yield ent.lane, key, blob
+
+    def flush_state(lanes: set[int] | None = None, in_event: bool = False) -> int:
+        """Write dirty entities (of ``lanes``, or all) to the table and its changelog, through
+        Faust's producer buffer (synchronous: nothing else runs meanwhile).
+
+        ``in_event``: called while processing an event (exactly_once), where Faust writes the
+        changelog record itself, in the event's transaction."""
+        n = 0
+        for lane, key, blob in export_dirty(lanes):
             if in_event:
                 state[key] = blob
             else:
                 # outside an event Faust cannot pick the changelog partition itself: it is the
                 # entity's lane (its partition of the internal topic, co-partitioned with the changelog)
                 state.data[key] = blob
-                state.send_changelog(ent.lane, key, blob)
-            del dirty[key]
+                state.send_changelog(lane, key, blob)
             n += 1
+        return n
+
+    # open (set) except while write_state_direct runs: the detect agent waits for it between
+    # messages, so the entities a commit writes are not changed again while they are being sent
+    # (they were, and then written a second time, synchronously: twice the writes)
+    state_gate = asyncio.Event()
+    state_gate.set()
+
+    def _write_failed(fut) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("writing an entity's state to the changelog failed: %r", fut.exception())
+
+    async def write_state_direct() -> int:
+        """Write every dirty entity to the changelog straight through the Kafka producer.
+
+        Faust's table writes (``send_changelog``) go through its producer buffer, drained one
+        record per event-loop turn, and while that buffer holds more than 100 records Faust stops
+        handing input to the agents (``wait_until_producer_ebb``). A commit writing 1,000 entities
+        stopped the pipeline for 0.4-1.6 s each time ("producer buffer full size 999" in the log):
+        the load test's fixed-rate alert latency. Here the records go to aiokafka's accumulator
+        directly, while the detect agent waits (``state_gate``). This awaits, so a message the
+        detect agent was in the middle of may still change entities meanwhile: the commit hook
+        then writes those synchronously (flush_state) before Faust computes the offsets to
+        commit, so no committed offset is ahead of the state written for it."""
+        topic = state.changelog_topic.get_topic_name()
+        send = app.producer.send
+        n = 0
+        state_gate.clear()  # the detect agent starts no new message meanwhile (ingest goes on)
+        try:
+            for lane, key, blob in list(export_dirty()):
+                state.data[key] = blob
+                fut = await send(topic, key, blob, lane, None, None)
+                add_done = getattr(fut, "add_done_callback", None)
+                if add_done is not None:
+                    add_done(_write_failed)
+                n += 1
+        finally:
+            state_gate.set()
         return n
 
     # Callables run right before every offset commit (Faust flushes the producer, then commits):
@@ -378,10 +424,16 @@ def build_app(settings: Settings | None = None) -> faust.App:
         consumer = app.consumer
         original = consumer.force_commit
 
+        lock = asyncio.Lock()  # one commit at a time, our writes included (Faust's commit()
+        # serializes its own callers, but not direct force_commit calls)
+
         async def force_commit(*args, **kwargs):
-            for fn in before_commit:
-                fn()
-            return await original(*args, **kwargs)
+            async with lock:
+                if s.state_write_direct:
+                    await write_state_direct()  # may let input be processed meanwhile:
+                for fn in before_commit:  # what that dirtied is written here, synchronously,
+                    fn()
+                return await original(*args, **kwargs)  # before Faust computes the offsets
 
         consumer.force_commit = force_commit
 
@@ -405,6 +457,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
     @app.agent(entity_topic)
     async def detect(stream):
         async for event in stream.events():
+            if not state_gate.is_set():
+                await state_gate.wait()
             if guard is not None:
                 await reread_skipped(event)
             lane = event.message.partition
