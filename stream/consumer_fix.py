@@ -422,16 +422,16 @@ def _exit_for_restart(reason: str) -> None:  # pragma: no cover - ends the proce
 
 
 def install(app: Any, *, interval: float = 5.0, patience: int = 6, on_reread: Any = None,
-            on_recovery_reseek: Any = None, on_fetcher_dead: Any = _exit_for_restart) -> StallWatch:
-    """Make ``app`` use :class:`SeekSafeConsumer` and add the stall, recovery and fetcher watchdog
-    timers.
+            on_recovery_action: Any = None, on_stuck: Any = _exit_for_restart) -> StallWatch:
+    """Make ``app`` use :class:`SeekSafeConsumer` and add the stall, recovery and fetcher watchdogs.
 
     Call right after creating the app (before anything creates its consumer). ``on_reread(tp,
-    offset, reason)`` is called for each partition the watchdog seeks back (metrics), and
-    ``on_recovery_reseek(tp, action)`` for each changelog partition the recovery watchdog seeks again
-    (``"reseek"``) or finds read to its log end (``"log_end"``; :class:`RecoveryWatch`); ``on_fetcher_dead(reason)`` when the fetcher stayed crashed
-    (:class:`FetcherWatch`) or a table recovery stayed stuck after its re-seeks: the default exits
-    the process with status 70, as a SIGKILL would: crash-only, nothing is lost."""
+    offset, reason)`` is called for each partition the stall watchdog seeks back (metrics), and
+    ``on_recovery_action(tp, action)`` for each changelog partition the recovery watchdog seeks
+    again (``"reseek"``) or finds read to its log end (``"log_end"``; :class:`RecoveryWatch`);
+    ``on_stuck(reason)`` when the fetcher stayed crashed (:class:`FetcherWatch`) or a table
+    recovery stayed stuck after its re-seeks: the default exits the process with status 70, as a
+    SIGKILL would: crash-only, nothing is lost."""
     transport = app.transport
     if app._consumer is not None:  # created already: switch the instance's class
         app._consumer.__class__ = seek_safe(type(app._consumer))
@@ -446,17 +446,21 @@ def install(app: Any, *, interval: float = 5.0, patience: int = 6, on_reread: An
 
     fetcher_watch = FetcherWatch(patience=3)
 
+    def recovering() -> bool:
+        """A table recovery is in progress, and no new rebalance is pending."""
+        recovery = getattr(app.tables, "recovery", None)
+        return (recovery is not None and bool(recovery.in_recovery)
+                and not recovery.signal_recovery_start.is_set())
+
     async def fetcher_watchdog() -> None:
         """Exit when the fetcher stayed crashed outside a rebalance (see FetcherWatch)."""
         fetcher = app._fetcher
-        recovery = getattr(app.tables, "recovery", None)
         # app.rebalancing stays true until the table recovery has completed, and a recovery reads
         # the changelogs through the fetcher (restarted when it resumes the flow): a fetcher
         # crashed while a recovery is in progress hangs the recovery for good, so it counts
-        in_recovery = recovery is not None and recovery.in_recovery and not recovery.signal_recovery_start.is_set()
-        if fetcher_watch.check(crashed=fetcher.crashed, rebalancing=bool(app.rebalancing) and not in_recovery,
+        if fetcher_watch.check(crashed=fetcher.crashed, rebalancing=bool(app.rebalancing) and not recovering(),
                                stopping=bool(app.should_stop)):
-            on_fetcher_dead(f"the fetcher crashed ({fetcher.crash_reason!r}) and stayed down for "
+            on_stuck(f"the fetcher crashed ({fetcher.crash_reason!r}) and stayed down for "
                             f"{fetcher_watch.count * interval:.0f} s outside a rebalance")
 
     @app.timer(interval=interval)
@@ -509,12 +513,10 @@ def install(app: Any, *, interval: float = 5.0, patience: int = 6, on_reread: An
         did not help and the consumer has fetched the partition to its log end, the offsets left
         hold no record (transaction markers): the partition is recovered. Otherwise exit for a
         restart (crash-only)."""
-        recovery = getattr(app.tables, "recovery", None)
-        consumer = app.consumer
         # (app.rebalancing stays true until the recovery has completed: not a reason to wait)
-        if (recovery is None or not recovery.in_recovery or app.should_stop
-                or recovery.signal_recovery_start.is_set()):
+        if not recovering() or app.should_stop:
             return
+        recovery, consumer = app.tables.recovery, app.consumer
         remaining = dict(recovery.active_remaining())
         offsets = dict(recovery.active_offsets)
         stalled, give_up = recovery_watch.check(
@@ -526,7 +528,7 @@ def install(app: Any, *, interval: float = 5.0, patience: int = 6, on_reread: An
         state = consumer_state(app)
         rows = {(r["topic"], r["partition"]): r for r in state.pop("partitions") if r.get("recovery")}
         if give_up:
-            on_fetcher_dead(f"the table recovery made no progress for {recovery_watch.patience:.0f} s after "
+            on_stuck(f"the table recovery made no progress for {recovery_watch.patience:.0f} s after "
                             f"{recovery_watch.max_attempts} attempts (consumer {state}, changelog partitions "
                             f"{list(rows.values())})")
             return
@@ -545,15 +547,15 @@ def install(app: Any, *, interval: float = 5.0, patience: int = 6, on_reread: An
                             "offsets %d..%d hold no record (transaction markers); the partition is recovered "
                             "(%s)", name, position, need, need, highwater, row)
                 recovery.active_offsets[tp] = highwater
-                if on_recovery_reseek is not None:
-                    on_recovery_reseek(tp, "log_end")
+                if on_recovery_action is not None:
+                    on_recovery_action(tp, "log_end")
                 continue
             log.warning("table recovery: no record of %s arrived for %.0f s although %d remain (attempt %d); "
                         "seeking it again to %d (consumer %s, partition %s)", name, recovery_watch.patience,
                         remaining.get(tp, 0), attempt, need, state, row)
             reseek[tp] = need
-            if on_recovery_reseek is not None:
-                on_recovery_reseek(tp, "reseek")
+            if on_recovery_action is not None:
+                on_recovery_action(tp, "reseek")
         if reseek:
             consumer.resume_partitions(list(reseek))  # Faust's view: recovery resumed them; make sure
             try:

@@ -169,7 +169,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # watchdog for stalled commits (stream.consumer_fix); its re-reads count as input re-reads
     from stream.consumer_fix import install as install_consumer_fix
     install_consumer_fix(app, on_reread=lambda tp, offset, reason: m.REREADS.labels(tp.topic).inc(),
-                         on_recovery_reseek=lambda tp, action: m.RECOVERY_UNSTUCK.labels(tp.topic, action).inc())
+                         on_recovery_action=lambda tp, action: m.RECOVERY_UNSTUCK.labels(tp.topic, action).inc())
     pipe = Pipeline(s)
     app.pipeline = pipe  # type: ignore[attr-defined]
 
@@ -403,10 +403,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
         try:
             for lane, key, blob in list(export_dirty()):
                 state.data[key] = blob
-                fut = await send(topic, key, blob, lane, None, None)
-                add_done = getattr(fut, "add_done_callback", None)
-                if add_done is not None:
-                    add_done(_write_failed)
+                fut = await send(topic, key, blob, lane, None, None)  # the delivery's future
+                fut.add_done_callback(_write_failed)
                 n += 1
         finally:
             state_gate.set()
