@@ -187,11 +187,27 @@ def _read_file(path: str) -> dict[str, Any]:
     return data
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def _bool(raw: Any) -> bool:
+    """A boolean setting: true/false, yes/no, on/off, 1/0 (any case); anything else is an error,
+    so a typo (``flase``) fails at start instead of silently reading as false."""
+    if isinstance(raw, bool):
+        return raw
+    word = str(raw).strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(word)
+
+
 def _coerce(f: dataclasses.Field, raw: Any, where: str) -> Any:
     typ = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "bool": bool}[f.type]
     try:
         if typ is bool:
-            value = raw if isinstance(raw, bool) else str(raw).strip().lower() in {"1", "true", "yes", "on"}
+            value = _bool(raw)
         elif typ is int:
             if isinstance(raw, float) and not raw.is_integer():
                 raise ValueError

@@ -169,6 +169,14 @@ def test_settings_env_file_and_errors(tmp_path):
         Settings.load({"STREAM_CONFIG_FILE": str(f)})
     with pytest.raises(SettingsError, match="STREAM_NOPE"):
         Settings.load({"STREAM_NOPE": "1"})
+    # booleans: the usual spellings either way, a typo is an error (it used to read as false)
+    assert Settings.load({"STREAM_STATE_WRITE_DIRECT": "Off"}).state_write_direct is False
+    assert Settings.load({"STREAM_STATE_WRITE_DIRECT": "YES"}).state_write_direct is True
+    with pytest.raises(SettingsError, match=r"STREAM_STATE_WRITE_DIRECT: expected bool, got 'flase'"):
+        Settings.load({"STREAM_STATE_WRITE_DIRECT": "flase"})
+    f.write_text("state_write_direct: maybe\n")
+    with pytest.raises(SettingsError, match=r"s\.yaml.*state_write_direct.*expected bool"):
+        Settings.load({"STREAM_CONFIG_FILE": str(f)})
     masked = Settings.load({"STREAM_SASL_PASSWORD": "hunter2"}).masked()
     assert masked["sasl_password"] == "***"
 
