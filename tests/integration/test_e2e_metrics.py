@@ -70,6 +70,10 @@ def test_spike_is_alerted_with_context_and_steady_series_are_not(stream_env, tmp
                  if l.startswith("stream_events_total{") and 'outcome="processed"' in l]
     assert processed and float(processed[0].rsplit(" ", 1)[1]) == 4 * 6 * 360
     assert 'stream_alerts_total{detector="default",kind="anomaly",severity="warning"}' in body
+    # every entity's state reached the changelog at a commit, and the commits' write time is measured
+    series = {l.split(" ")[0]: float(l.rsplit(" ", 1)[1]) for l in body.splitlines() if l and not l.startswith("#")}
+    assert series["stream_state_writes_total"] >= 4, series.get("stream_state_writes_total")
+    assert series["stream_state_write_seconds_count"] >= 1
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).status == 200
 
 

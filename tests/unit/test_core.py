@@ -167,6 +167,8 @@ def test_settings_env_file_and_errors(tmp_path):
     f.write_text("web_prot: 7000\n")
     with pytest.raises(SettingsError, match=r"s\.yaml: unknown field 'web_prot'"):
         Settings.load({"STREAM_CONFIG_FILE": str(f)})
+    with pytest.raises(SettingsError, match=r"STREAM_PRODUCER_BATCH_BYTES: 2000000 is above the maximum 1000000"):
+        Settings.load({"STREAM_PRODUCER_BATCH_BYTES": "2000000"})
     with pytest.raises(SettingsError, match="STREAM_NOPE"):
         Settings.load({"STREAM_NOPE": "1"})
     # booleans: the usual spellings either way, a typo is an error (it used to read as false)
