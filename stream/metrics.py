@@ -25,7 +25,8 @@ STATE_WRITE = Histogram("stream_state_write_seconds",
                         "Time each offset commit spent writing changed entity state to the changelog before "
                         "committing (the detect agent waits meanwhile: a direct share of alert latency)",
                         buckets=(1e-3, 5e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
-STATE_WRITTEN = Counter("stream_state_writes", "Entity states written to the changelog", registry=REGISTRY)
+STATE_WRITTEN = Counter("stream_state_writes", "Entity and model states written to the changelog at commits",
+                        registry=REGISTRY)
 REBALANCES = Counter("stream_rebalances", "Consumer group rebalances seen by this worker", registry=REGISTRY)
 REREADS = Counter("stream_input_rereads", "Holes in a partition's offsets the consumer skipped, read again "
                   "(stream.gaps)", ["topic"], registry=REGISTRY)
