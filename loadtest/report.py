@@ -95,6 +95,11 @@ def markdown(r: dict, plots: list[str]) -> str:
     if proc:
         lines += ["", f"The worker counted **{late:,.0f} late samples** of {proc:,.0f} processed "
                       f"({100 * late / proc:.1f} %): samples arriving after their window was already closed."]
+    commits, spent = wc.get("stream_state_write_seconds_count"), wc.get("stream_state_write_seconds_sum")
+    if commits:
+        lines += ["", f"**State writes** (worker, whole run): {commits:,.0f} commits wrote "
+                      f"{wc.get('stream_state_writes_total', 0):,.0f} entity states, {spent / commits:.3f} s per commit "
+                      "on average, the detect agent held meanwhile (`stream_state_write_seconds`)."]
     lines += [
         "",
         f"**Memory** (worker): peak RSS {mem.get('peak_rss_bytes', 0) / 2**20:,.0f} MiB (idle ready worker "

@@ -360,7 +360,8 @@ class Deployment:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=10) as r:
                 for line in r.read().decode().splitlines():
-                    if line.startswith(("stream_state_bytes", "stream_entities_active", "stream_events_total")):
+                    if line.startswith(("stream_state_bytes", "stream_entities_active", "stream_events_total",
+                                         "stream_state_write")):
                         name, _, val = line.rpartition(" ")
                         out[name] = float(val)
         except Exception as exc:  # noqa: BLE001
@@ -747,7 +748,8 @@ def run(cfg: Config, report_path: Path) -> dict:
             "bytes_per_entity": (peak - rss_idle) / cfg.entities,
             "entities": int(ents),
             "serialized_state_bytes_per_entity": state_bytes / ents if state_bytes else None,
-            "worker_counters": {k: v for k, v in prom.items() if k.startswith("stream_events_total")},
+            "worker_counters": {k: v for k, v in prom.items()
+                                if k.startswith(("stream_events_total", "stream_state_write"))},
             "note": "bytes_per_entity = (peak RSS - RSS of the idle ready worker) / entities; at small N it is "
                     "dominated by client buffers. Engine-only figure: benchmarks/bench_entities.py",
         }

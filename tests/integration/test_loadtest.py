@@ -36,5 +36,9 @@ def test_loadtest_smoke(kafka_bootstrap, tmp_path):
     assert r["config"]["entities"] == 6
     assert r["detection"]["per_kind"]["spike"]["injected"] >= 2
     assert r["detection"]["per_kind_recall"]["spike"] > 0, r["detection"]["injection_list"]
+    # the worker's state writes at its commits are reported (every entity written at least once)
+    wc = r["memory"]["worker_counters"]
+    assert wc["stream_state_write_seconds_count"] >= 1 and wc["stream_state_writes_total"] >= 6, wc
     assert out.with_suffix(".md").exists()
+    assert "**State writes**" in out.with_suffix(".md").read_text()
     assert all((tmp_path / p).exists() for p in r["plots"]) and len(r["plots"]) == 3
