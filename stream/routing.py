@@ -81,8 +81,9 @@ class Router:
         self.partitions = partitions
         self._cache: dict[str, list[tuple[str, dict[str, str], int]]] = {}
         self._part: dict[str, int] = {}
-        # (metric, *label items) -> (series id, targets) of series found valid: the compiled fast path's
-        self._fast: dict[tuple, tuple[str, list]] = {}
+        # label items -> {metric: (series id, targets)} of series found valid: the compiled fast path's
+        self._fast: dict[tuple, dict[str, tuple[str, list]]] = {}
+        self._fast_n = 0  # series in _fast
 
     def targets(self, metric: str, labels: dict[str, str], series: str) -> list[tuple[str, dict[str, str], int]]:
         """``[(entity id, entity labels, partition)]`` of one series (one per selecting detector)."""
@@ -101,6 +102,7 @@ class Router:
                 self._cache.clear()
                 self._part.clear()
                 self._fast.clear()
+                self._fast_n = 0
             self._cache[series] = hits
         return hits
 
@@ -156,9 +158,13 @@ class Router:
 
     def _add_slow(self, s: Sample, src_p: int, src_o: int, out: dict[int, dict[str, list]]) -> None:
         hits = self.targets(s.metric, s.labels, s.series)
-        if len(self._fast) >= self.CACHE_MAX:
+        if self._fast_n >= self.CACHE_MAX:
             self._fast.clear()
-        self._fast[(s.metric, *s.labels.items())] = (s.series, hits)
+            self._fast_n = 0
+        by_metric = self._fast.setdefault(tuple(s.labels.items()), {})
+        if s.metric not in by_metric:
+            self._fast_n += 1
+        by_metric[s.metric] = (s.series, hits)
         _fold(out, hits, (s.metric, s.ts, s.value), src_p, src_o)
 
     @staticmethod

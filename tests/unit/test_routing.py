@@ -220,3 +220,23 @@ def test_samples_of_series_seen_valid_take_the_compiled_path(monkeypatch):
     assert router.add_message(raw, 0, 1, second, max_bytes=1 << 20, max_batch=100) == (40, [])
     assert calls == [0, 40]  # first sight: all by the Python path; then all compiled
     assert first == second
+
+
+def test_the_route_cache_is_per_label_set_and_metric_and_a_bad_sample_between_good_ones_is_rejected():
+    router = Router({"hosts": Detector(DetectorSpec(name="hosts", group_by=("host",)))}, partitions=4)
+    lab, rev = {"host": "a", "dc": "x"}, {"dc": "x", "host": "a"}
+    first = {"samples": [{"metric": "cpu", "labels": lab, "value": 1.0, "ts": 60.0}]}
+    assert router.add_message(orjson.dumps(first), 0, 1, {}, max_bytes=1 << 20, max_batch=10) == (1, [])
+    assert router._fast_n == 1 and len(router._fast) == 1  # one label set, one metric
+    batch = {"samples": [{"metric": "cpu", "labels": rev, "value": 2.0, "ts": 61.0},
+                         {"metric": "cpu", "labels": lab, "value": "x", "ts": 62.0},  # same labels, bad value
+                         {"metric": "mem", "labels": lab, "value": 3, "ts": 63},  # new metric, same labels
+                         {"metric": "cpu", "labels": lab, "value": 4.0, "ts": 64.0}]}
+    out: dict = {}
+    n, bad = router.add_message(orjson.dumps(batch), 0, 2, out, max_bytes=1 << 20, max_batch=10)
+    assert n == 3 and [(r.reason, r.batch_index) for r in bad] == [("non_numeric", 1)]
+    # the reversed order got its own key (same series, same targets), "mem" joined the first one
+    assert router._fast_n == 3 and len(router._fast) == 2
+    (part, ents), = out.items()
+    assert ents == {"hosts/host=a": [{"host": "a"}, [[0, 2, [("cpu", 61.0, 2.0), ("mem", 63.0, 3.0),
+                                                              ("cpu", 64.0, 4.0)]]]]}
