@@ -100,6 +100,12 @@ def markdown(r: dict, plots: list[str]) -> str:
         lines += ["", f"**State writes** (worker, whole run): {commits:,.0f} commits wrote "
                       f"{wc.get('stream_state_writes_total', 0):,.0f} entity states, {spent / commits:.3f} s per commit "
                       "on average, the detect agent held meanwhile (`stream_state_write_seconds`)."]
+    gc_n = {g: wc.get(f'stream_gc_pause_seconds_count{{generation="{g}"}}') for g in "012"}
+    if any(gc_n.values()):
+        gc_s = sum(wc.get(f'stream_gc_pause_seconds_sum{{generation="{g}"}}', 0.0) for g in "012")
+        lines += ["", f"**Garbage collector** (worker, whole run): {gc_s:.2f} s in "
+                      + ", ".join(f"{gc_n[g] or 0:,.0f}" for g in "012")
+                      + " collections of generations 0, 1, 2 (`stream_gc_pause_seconds`, `STREAM_GC_THRESHOLD`)."]
     lines += [
         "",
         f"**Memory** (worker): peak RSS {mem.get('peak_rss_bytes', 0) / 2**20:,.0f} MiB (idle ready worker "

@@ -361,7 +361,8 @@ class Deployment:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=10) as r:
                 for line in r.read().decode().splitlines():
                     if line.startswith(("stream_state_bytes", "stream_entities_active", "stream_events_total",
-                                         "stream_state_write")):
+                                         "stream_state_write", "stream_gc_pause_seconds_sum",
+                                         "stream_gc_pause_seconds_count")):
                         name, _, val = line.rpartition(" ")
                         out[name] = float(val)
         except Exception as exc:  # noqa: BLE001
@@ -749,7 +750,7 @@ def run(cfg: Config, report_path: Path) -> dict:
             "entities": int(ents),
             "serialized_state_bytes_per_entity": state_bytes / ents if state_bytes else None,
             "worker_counters": {k: v for k, v in prom.items()
-                                if k.startswith(("stream_events_total", "stream_state_write"))},
+                                if k.startswith(("stream_events_total", "stream_state_write", "stream_gc_pause"))},
             "note": "bytes_per_entity = (peak RSS - RSS of the idle ready worker) / entities; at small N it is "
                     "dominated by client buffers. Engine-only figure: benchmarks/bench_entities.py",
         }

@@ -597,5 +597,7 @@ def run_worker(settings: Settings | None = None, loglevel: str | None = None) ->
     # not proven, cause of the load test's alert-latency tail, which came in bursts ~10 s apart.
     gc.collect()
     gc.freeze()
+    # and then the collector runs every STREAM_GC_THRESHOLD allocations, not every 700 (see the setting)
+    m.tune_gc(s.gc_threshold)
     worker.execute_from_commandline()
     return 0

@@ -74,6 +74,8 @@ def test_spike_is_alerted_with_context_and_steady_series_are_not(stream_env, tmp
     series = {l.split(" ")[0]: float(l.rsplit(" ", 1)[1]) for l in body.splitlines() if l and not l.startswith("#")}
     assert series["stream_state_writes_total"] >= 4, series.get("stream_state_writes_total")
     assert series["stream_state_write_seconds_count"] >= 1
+    # the collector's pauses are timed per generation (stream.metrics.tune_gc, run by the worker)
+    assert all(f'stream_gc_pause_seconds_count{{generation="{g}"}}' in series for g in "012")
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).status == 200
 
 

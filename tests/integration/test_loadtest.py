@@ -39,6 +39,7 @@ def test_loadtest_smoke(kafka_bootstrap, tmp_path):
     # the worker's state writes at its commits are reported (every entity written at least once)
     wc = r["memory"]["worker_counters"]
     assert wc["stream_state_write_seconds_count"] >= 1 and wc["stream_state_writes_total"] >= 6, wc
+    assert all(f'stream_gc_pause_seconds_count{{generation="{g}"}}' in wc for g in "012"), wc  # GC pauses too
     assert out.with_suffix(".md").exists()
     assert "**State writes**" in out.with_suffix(".md").read_text()
     assert all((tmp_path / p).exists() for p in r["plots"]) and len(r["plots"]) == 3

@@ -212,3 +212,10 @@ def test_lane_watermark_does_not_close_windows_of_entities_still_receiving():
     assert [w.entity for w in closed] == ["quiet"]
     assert store.add("busy", "m", 20.0, 2.0) is True  # still open, not late
     assert [w.summary["m"]["count"] for w in store.close_until(10_000.0)] == [2]
+
+
+def test_gc_threshold_setting_has_a_floor_and_names_itself():
+    assert Settings.load({}).gc_threshold == 100_000
+    assert Settings.load({"STREAM_GC_THRESHOLD": "5000"}).gc_threshold == 5000
+    with pytest.raises(SettingsError, match="STREAM_GC_THRESHOLD"):
+        Settings.load({"STREAM_GC_THRESHOLD": "10"})
