@@ -50,17 +50,20 @@ def exposition() -> tuple[bytes, str]:
 
 
 def tune_gc(threshold: int) -> None:
-    """Collect young objects every ``threshold`` net allocations (older generations after 20 and
-    50 collections of the one below) and time every pause into ``stream_gc_pause_seconds``.
+    """Collect young objects every ``threshold`` net allocations (the older generations keep
+    Python's thresholds: 10 collections of the one below) and time every pause into
+    ``stream_gc_pause_seconds``.
 
     Python's default (700, 10, 10) suits short scripts: a worker allocating ~10 container objects
     per sample (decoded JSON, rows, alerts) and freeing them by reference counting ran the
-    collector thousands of times a minute for almost nothing to collect. Installs its callback once.
+    collector thousands of times a minute for almost nothing to collect. The count is of *net*
+    allocations (allocations minus frees), so uncollected cyclic garbage stays below ``threshold``
+    young objects: it counts too, and triggers the next collection. Installs its callback once.
 
     >>> import gc
     >>> old = gc.get_threshold()
     >>> tune_gc(50_000); gc.get_threshold()
-    (50000, 20, 50)
+    (50000, 10, 10)
     >>> gc.collect(0) >= 0 and GC_PAUSE.labels("0")._sum.get() > 0
     True
     >>> gc.set_threshold(*old)
@@ -68,7 +71,7 @@ def tune_gc(threshold: int) -> None:
     import gc
     import time
 
-    gc.set_threshold(threshold, 20, 50)
+    gc.set_threshold(threshold, 10, 10)
     if any(getattr(cb, "_stream_gc", False) for cb in gc.callbacks):
         return
     started = [0.0]

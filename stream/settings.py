@@ -109,8 +109,8 @@ class Settings:
     )
     gc_threshold: int = _f(
         100_000, "allocations (net, of container objects) between the worker's young-generation garbage "
-        "collections (Python's gc threshold 0; its default is 700; the older generations' thresholds become "
-        "20 and 50). The worker's garbage is freed by reference counting; at 700 the cyclic collector ran "
+        "collections (Python's gc threshold 0; its default is 700; the older generations keep "
+        "Python's 10 and 10). The worker's garbage is freed by reference counting; at 700 the cyclic collector ran "
         "~7,800 times in a 40 s load-test phase, rescanning the heap 65 times (45 ms each), ~13 % of the "
         "worker's CPU, to find ~700 objects", minimum=700,
     )

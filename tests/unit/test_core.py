@@ -219,3 +219,30 @@ def test_gc_threshold_setting_has_a_floor_and_names_itself():
     assert Settings.load({"STREAM_GC_THRESHOLD": "5000"}).gc_threshold == 5000
     with pytest.raises(SettingsError, match="STREAM_GC_THRESHOLD"):
         Settings.load({"STREAM_GC_THRESHOLD": "10"})
+
+
+def test_cyclic_garbage_is_still_collected_under_the_workers_gc_threshold():
+    # the threshold counts net allocations: garbage the refcounts cannot free counts too, so it
+    # triggers the young collection that frees it (no explicit gc.collect here)
+    import gc
+    import weakref
+
+    from stream.metrics import tune_gc
+
+    class Node:
+        pass
+
+    old = gc.get_threshold()
+    tune_gc(1_000)
+    try:
+        assert gc.get_threshold() == (1_000, 10, 10)
+        refs = []
+        for i in range(5_000):
+            n = Node()
+            n.me = n  # a cycle: only the collector frees it
+            if i < 100:
+                refs.append(weakref.ref(n))
+            del n
+        assert sum(r() is not None for r in refs) == 0
+    finally:
+        gc.set_threshold(*old)
