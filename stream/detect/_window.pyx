@@ -151,6 +151,17 @@ cdef class WindowAccumulators:
         k = int(min(self.acc[slot, C_N], self.buffer_size))
         return np.concatenate([self.acc[slot], self.buf[slot, :k]])
 
+    def get_state_list(self, long slot):
+        """:meth:`get_state` as a list of floats, built without the arrays (the serialized state
+        stores lists: ``get_state(slot).tolist()`` cost ~4 us per metric window at every commit)."""
+        cdef double[:, ::1] a = self.acc
+        cdef double[:, ::1] b = self.buf
+        cdef Py_ssize_t j, k = <Py_ssize_t> min(a[slot, C_N], <double> self.buffer_size)
+        cdef list out = [a[slot, j] for j in range(NCOL)]
+        for j in range(k):
+            out.append(b[slot, j])
+        return out
+
     def set_state(self, long slot, double[::1] state):
         self.acc[slot, :] = state[:NCOL]
         k = state.shape[0] - NCOL

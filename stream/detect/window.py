@@ -151,9 +151,9 @@ class WindowStore:
         rec = self.entities.get(entity)
         if rec is None:
             return [None, []]
-        get = self.acc.get_state
+        get = self.acc.get_state_list  # (get_state(s).tolist(), without the arrays)
         return [rec.closed_until,
-                [[start, {m: get(s).tolist() for m, s in slots.items()}] for start, slots in rec.wins.items()]]
+                [[start, {m: get(s) for m, s in slots.items()}] for start, slots in rec.wins.items()]]
 
     def import_entity(self, entity: str, data: list, lane: int = 0) -> None:
         closed_until, wins = data

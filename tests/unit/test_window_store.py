@@ -99,3 +99,18 @@ def test_close_until_closes_what_a_brute_force_scan_closes_in_the_same_order_wit
     got = [(w.start, w.entity) for w in store.close_until(t + 10_000, 0)]
     assert got == _reference_close(open_windows, t + 10_000, size, lateness)
     assert not open_windows and not any(store.has_open(e) for e in ents)
+
+
+def test_state_list_equals_the_arrays_state_for_empty_partly_filled_and_overflowing_buffers():
+    # get_state_list (what export_entity stores) against its reference, get_state(slot).tolist()
+    import random
+
+    rng = random.Random(5)
+    s = WindowStore(60.0)
+    acc = s.acc
+    for n in (0, 1, 7, acc.buffer_size, acc.buffer_size + 9):
+        slot = acc.alloc()
+        for i in range(n):
+            acc.add(slot, float(i), rng.gauss(0, 1), i, 3)
+        assert acc.get_state_list(slot) == acc.get_state(slot).tolist()
+        assert all(type(v) is float for v in acc.get_state_list(slot))
