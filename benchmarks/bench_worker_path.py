@@ -151,19 +151,25 @@ def main(argv=None) -> None:
     import gc
 
     python_gc = gc.get_threshold()
-    try:
+    try:  # the worker's own call (stream.metrics.tune_gc) with its default threshold
+        from stream.metrics import tune_gc
         from stream.settings import Settings
 
-        worker_gc = (Settings.load({}).gc_threshold, python_gc[1], python_gc[2])
-    except (ImportError, AttributeError, TypeError):  # a checkout from before the setting
-        worker_gc = python_gc
+        def worker_gc() -> None:
+            tune_gc(Settings.load({}).gc_threshold)
+    except ImportError:  # a checkout from before the setting: Python's thresholds
+        def worker_gc() -> None:
+            gc.set_threshold(*python_gc)
     gc.collect()
     gc.freeze()  # as the worker does after start-up (both modes)
     modes = {"worker": ["worker"], "python": ["python"], "both": ["python", "worker"]}[args.gc]
     best: dict[str, float] = {}
     for _ in range(args.repeat):
         for mode in modes:
-            gc.set_threshold(*(worker_gc if mode == "worker" else python_gc))
+            if mode == "worker":
+                worker_gc()
+            else:
+                gc.set_threshold(*python_gc)
             t = time.perf_counter()
             n_alerts, n_exports = run()
             el = time.perf_counter() - t

