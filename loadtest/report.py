@@ -110,7 +110,10 @@ def markdown(r: dict, plots: list[str]) -> str:
         "",
         f"**Memory** (worker): peak RSS {mem.get('peak_rss_bytes', 0) / 2**20:,.0f} MiB (idle ready worker "
         f"{mem.get('rss_idle_bytes', 0) / 2**20:,.0f} MiB) → {_f(mem.get('bytes_per_entity'))} bytes per entity "
-        f"over {c['entities']:,} entities; serialized state {_f(mem.get('serialized_state_bytes_per_entity'))} bytes "
+        f"over {c['entities']:,} entities"
+        + (f"; RSS after the run {mem['rss_end_bytes'] / 2**20:,.0f} MiB → {_f(mem.get('bytes_per_entity_at_end'))} "
+           "bytes per entity held" if mem.get("rss_end_bytes") else "")
+        + f"; serialized state {_f(mem.get('serialized_state_bytes_per_entity'))} bytes "
         "per entity. 100k entities in 2 GiB: see `benchmarks/bench_entities.py` (engine only)."
         + (f" Peak RSS of the references: ceiling {(ceil.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB, "
            f"naive {(naive.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB." if ceil and naive else ""),

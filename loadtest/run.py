@@ -742,17 +742,24 @@ def run(cfg: Config, report_path: Path) -> dict:
         time.sleep(1.0)
         prom = dep.prometheus()
         peak = _proc_kib(dep.proc.pid, "VmHWM")
+        rss_end = _proc_kib(dep.proc.pid, "VmRSS")  # every entity held, nothing in flight
         state_bytes = prom.get('stream_state_bytes{detector="all"}')
         ents = prom.get(f'stream_entities_active{{detector="{SPEC_NAME}"}}') or cfg.entities
         report["memory"] = {
             "peak_rss_bytes": peak, "rss_idle_bytes": rss_idle, "peak_rss_after_max_rate_bytes": rss_after1,
             "bytes_per_entity": (peak - rss_idle) / cfg.entities,
+            "rss_end_bytes": rss_end,
+            "bytes_per_entity_at_end": (rss_end - rss_idle) / cfg.entities,
             "entities": int(ents),
+            "stored_entities": prom.get("stream_state_stored_entities"),
             "serialized_state_bytes_per_entity": state_bytes / ents if state_bytes else None,
             "worker_counters": {k: v for k, v in prom.items()
                                 if k.startswith(("stream_events_total", "stream_state_write", "stream_gc_pause"))},
             "note": "bytes_per_entity = (peak RSS - RSS of the idle ready worker) / entities; at small N it is "
-                    "dominated by client buffers. Engine-only figure: benchmarks/bench_entities.py",
+                    "dominated by client buffers. bytes_per_entity_at_end: the same from the RSS after the run "
+                    "(every entity held, nothing in flight). stored_entities: entity states the table's store "
+                    "still holds serialized (0 once the engine has loaded them). Engine-only figure: "
+                    "benchmarks/bench_entities.py",
         }
         dep.stop()
         report["fixed_rate"] = phase2

@@ -21,6 +21,10 @@ PROCESSING = Histogram("stream_event_processing_seconds",
 ENTITIES = Gauge("stream_entities_active", "Entities with state in this worker", ["detector"], registry=REGISTRY)
 STATE_BYTES = Gauge("stream_state_bytes", "Serialized state bytes last written, summed over entities",
                     ["detector"], registry=REGISTRY)
+STATE_STORED = Gauge("stream_state_stored_entities",
+                     "Entity states held serialized in the table's local store: restored from the changelog "
+                     "(restart, rebalance, standby) and not yet loaded by the engine, which holds live ones",
+                     registry=REGISTRY)
 STATE_WRITE = Histogram("stream_state_write_seconds",
                         "Time each offset commit spent writing changed entity state to the changelog before "
                         "committing (the detect agent waits meanwhile: a direct share of alert latency)",

@@ -74,9 +74,54 @@ def test_spike_is_alerted_with_context_and_steady_series_are_not(stream_env, tmp
     series = {l.split(" ")[0]: float(l.rsplit(" ", 1)[1]) for l in body.splitlines() if l and not l.startswith("#")}
     assert series["stream_state_writes_total"] >= 4, series.get("stream_state_writes_total")
     assert series["stream_state_write_seconds_count"] >= 1
+    # ... and the table's local store keeps no second, serialized copy of a live entity's state
+    assert series["stream_entities_active{detector=\"default\"}"] == 4
+    assert series["stream_state_stored_entities"] == 0
     # the collector's pauses are timed per generation (stream.metrics.tune_gc, run by the worker)
     assert all(f'stream_gc_pause_seconds_count{{generation="{g}"}}' in series for g in "012")
     assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10).status == 200
+
+
+def test_an_expired_entity_is_tombstoned_in_the_changelog(kafka_bootstrap, tmp_path):
+    """STREAM_ENTITY_TTL_SECONDS: an entity idle that long in event time is forgotten, and its
+    table key deleted with a tombstone (the table's store holds no copy of a live entity's state,
+    so the worker writes the tombstone itself: a Table.pop would find nothing and send none)."""
+    from confluent_kafka import Consumer
+
+    from tests.conftest import StreamEnv
+
+    # one partition: both entities share a lane, so h0's event time expires the silent h1
+    env = StreamEnv(kafka_bootstrap, tmp_path, STREAM_TOPIC_PARTITIONS="1", STREAM_ENTITY_TTL_SECONDS="1800")
+    env.cli("topics", "apply")
+    try:
+        env.start_worker()
+        data = tmp_path / "metrics.jsonl"
+        events = list(generate(2, T0, 2.0, 10.0)) + list(generate(1, T0 + 7200, 2.0, 10.0))
+        data.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+        env.cli("produce", "--topic", env.env["STREAM_TOPIC_METRICS"], str(data), "--no-progress")
+        topic = f"{env.env['STREAM_APP_ID']}-entity-state-changelog"
+        live, gone = b"default/http_latency_ms{host=h0}", b"default/http_latency_ms{host=h1}"
+        last: dict[bytes, bytes | None] = {}
+        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"t-{env.tag}-cl",
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe([topic])
+        deadline = time.monotonic() + 120
+        try:  # until h1's last record is a tombstone and h0's state was written (at a commit)
+            while time.monotonic() < deadline and not (gone in last and last[gone] is None and last.get(live)):
+                msg = c.poll(0.5)
+                if msg is not None and not msg.error():
+                    last[msg.key()] = msg.value()
+        finally:
+            c.close()
+        assert gone in last and last[gone] is None, (
+            f"no tombstone for the expired entity: {sorted(last)}\n" + env.worker_log()[-3000:])
+        assert last.get(live), "the live entity's state should be in the changelog"
+        import urllib.request
+
+        body = urllib.request.urlopen(f"http://127.0.0.1:{env.env['STREAM_WEB_PORT']}/metrics", timeout=10).read()
+        assert b'stream_entities_active{detector="default"} 1.0' in body
+    finally:
+        env.stop()
 
 
 BAD = [

@@ -34,6 +34,9 @@ def test_loadtest_smoke(kafka_bootstrap, tmp_path):
     assert set(r["detection"]) >= {"precision", "recall", "per_kind_recall"}
     assert set(r["memory"]) >= {"peak_rss_bytes", "bytes_per_entity"} and r["memory"]["peak_rss_bytes"] > 0
     assert r["config"]["entities"] == 6
+    # the worker's RSS after the run, with every entity loaded into the engine (none left serialized
+    # in the table's store)
+    assert r["memory"]["rss_end_bytes"] > 0 and r["memory"]["stored_entities"] == 0, r["memory"]
     assert r["detection"]["per_kind"]["spike"]["injected"] >= 2
     assert r["detection"]["per_kind_recall"]["spike"] > 0, r["detection"]["injection_list"]
     # the worker's state writes at its commits are reported (every entity written at least once)

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from stream.demo import Injection, generate
-from tests.conftest import StreamEnv, log_end
+from tests.conftest import StreamEnv, log_end, web
 
 pytestmark = pytest.mark.kafka
 
@@ -127,6 +127,13 @@ def test_clean_restart_mid_stream_gives_the_same_alerts(reference, stream_env, t
     assert {a["kind"] for a in reference} >= {"anomaly"}
     assert len({a["series"]["id"] for a in reference if a["status"] == "firing"}) >= 2
     assert _key(got) == _key(reference), (sorted(_key(got) ^ _key(reference)))
+    # every entity sent samples after the restart: each was loaded from the table's store into the
+    # engine, and the store dropped its serialized copy (the engine holds the live state)
+    status, body = web(env, "metrics")
+    series = {l.split(" ")[0]: float(l.rsplit(" ", 1)[1]) for l in body.decode().splitlines()
+              if l and not l.startswith("#")}
+    assert status == 200 and series['stream_entities_active{detector="default"}'] == 4, series
+    assert series["stream_state_stored_entities"] == 0
     print(f"restart + catch-up took {time.monotonic() - t:.1f}s")
 
 
