@@ -361,7 +361,7 @@ class Deployment:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=10) as r:
                 for line in r.read().decode().splitlines():
                     if line.startswith(("stream_state_bytes", "stream_entities_active", "stream_events_total",
-                                         "stream_state_write", "stream_gc_pause_seconds_sum",
+                                         "stream_state_write", "stream_state_stored", "stream_gc_pause_seconds_sum",
                                          "stream_gc_pause_seconds_count")):
                         name, _, val = line.rpartition(" ")
                         out[name] = float(val)

@@ -4,7 +4,7 @@ them into the internal messages of their entities' partitions, in one pass.
 
 Wrapped by :meth:`stream.routing.Router.add_message`, the only caller. It accepts a sample
 only when the Python path would accept it *and* the sample's series is already known valid
-(``cache``: ``tuple(label items)`` -> ``{metric: (series id, targets)}``, filled by the Python
+(``cache``: ``tuple(label items)`` -> ``{metric: targets}``, filled by the Python
 path after its full check); anything else — first sight of a series, a wrong type, a non-finite
 number, an extra field, a future timestamp — goes to ``slow(index, item)``, the Python path,
 which validates it fully and routes or rejects it. The slow item is handled in place, so the
@@ -92,7 +92,7 @@ def route_items(list items, int src_p, object src_o, double max_ts, dict cache, 
             continue
         # floats as decoded are kept (no new objects); ints become floats, as Sample makes them
         row = (metric, ts if type(ts) is float else t, value if type(value) is float else v)
-        for eid, elabels, p in (<tuple>hit)[1]:
+        for eid, elabels, p in <list>hit:
             ents = out.get(p)
             if ents is None:
                 ents = out[p] = {}

@@ -42,6 +42,7 @@ still read, for a rolling upgrade.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Iterable
 
 import orjson
@@ -72,35 +73,51 @@ class Router:
     Routing decisions are cached per series (a sample's metric and labels); the cache is bounded.
     """
 
-    CACHE_MAX = 200_000
+    CACHE_MAX = 1_000_000  # series (STREAM_ROUTE_CACHE_SERIES in the worker)
 
-    def __init__(self, detectors: dict[str, Any], partitions: int):
+    def __init__(self, detectors: dict[str, Any], partitions: int, cache_max: int | None = None):
         if partitions < 1:
             raise ValueError("partitions must be >= 1")
         self.specs = [d.spec for d in detectors.values()]
         self.partitions = partitions
-        self._cache: dict[str, list[tuple[str, dict[str, str], int]]] = {}
-        self._part: dict[str, int] = {}
-        # label items -> {metric: (series id, targets)} of series found valid: the compiled fast path's
-        self._fast: dict[tuple, dict[str, tuple[str, list]]] = {}
+        self.cache_max = self.CACHE_MAX if cache_max is None else max(1, int(cache_max))
+        self._cache: dict[str, list[tuple[str, dict[str, str], int]]] = {}  # series -> targets (group())
+        # One targets list per entity (per tuple of entities: one per selecting detector), shared by
+        # all its series, and one (entity id, entity labels, partition) tuple per entity: a list,
+        # a tuple, a labels dict and an id string per *series* cost ~1.7 KB per 5-metric entity
+        self._hit: dict[str, tuple[str, dict[str, str], int]] = {}
+        self._hits: dict[tuple, list[tuple[str, dict[str, str], int]]] = {}
+        # label items -> {metric: targets} of series found valid: the compiled fast path's
+        self._fast: dict[tuple, dict[str, list]] = {}
         self._fast_n = 0  # series in _fast
 
+    def resolve(self, metric: str, labels: dict[str, str]) -> list[tuple[str, dict[str, str], int]]:
+        """``[(entity id, entity labels, partition)]`` of one series (one per selecting detector),
+        the list shared by every series of the same entities."""
+        hit_of = self._hit
+        hits = []
+        for spec in self.specs:
+            hit = spec.entity_of(metric, labels)
+            if hit is not None:
+                eid = hit[0]
+                h = hit_of.get(eid)
+                if h is None:
+                    eid = sys.intern(eid)
+                    h = hit_of[eid] = (eid, hit[1], partition_for(eid.encode(), self.partitions))
+                hits.append(h)
+        key = tuple(h[0] for h in hits)
+        shared = self._hits.get(key)
+        if shared is None:
+            shared = self._hits[key] = hits
+        return shared
+
     def targets(self, metric: str, labels: dict[str, str], series: str) -> list[tuple[str, dict[str, str], int]]:
-        """``[(entity id, entity labels, partition)]`` of one series (one per selecting detector)."""
+        """:meth:`resolve`, cached per series (``series``: the sample's series id)."""
         hits = self._cache.get(series)
         if hits is None:
-            hits = []
-            for spec in self.specs:
-                hit = spec.entity_of(metric, labels)
-                if hit is not None:
-                    eid, elabels = hit
-                    p = self._part.get(eid)
-                    if p is None:
-                        p = self._part[eid] = partition_for(eid.encode(), self.partitions)
-                    hits.append((eid, elabels, p))
-            if len(self._cache) >= self.CACHE_MAX:
+            hits = self.resolve(metric, labels)
+            if len(self._cache) >= self.cache_max:
                 self._cache.clear()
-                self._part.clear()
                 self._clear_fast()
             self._cache[series] = hits
         return hits
@@ -158,15 +175,17 @@ class Router:
     def _clear_fast(self) -> None:
         self._fast.clear()
         self._fast_n = 0
+        self._hit.clear()
+        self._hits.clear()
 
     def _add_slow(self, s: Sample, src_p: int, src_o: int, out: dict[int, dict[str, list]]) -> None:
-        hits = self.targets(s.metric, s.labels, s.series)
-        if self._fast_n >= self.CACHE_MAX:
+        if self._fast_n >= self.cache_max:  # a label-cardinality explosion must not grow it without bound
             self._clear_fast()
+        hits = self.resolve(s.metric, s.labels)
         by_metric = self._fast.setdefault(tuple(s.labels.items()), {})
         if s.metric not in by_metric:
             self._fast_n += 1
-        by_metric[s.metric] = (s.series, hits)
+        by_metric[sys.intern(s.metric)] = hits
         _fold(out, hits, (s.metric, s.ts, s.value), src_p, src_o)
 
     @staticmethod

@@ -62,6 +62,11 @@ class Settings:
     )
     max_message_bytes: int = _f(1_048_576, "largest accepted input message; larger ones are dead-lettered", minimum=1)
     max_batch_samples: int = _f(10_000, "largest accepted batch (samples per message)", minimum=1)
+    route_cache_series: int = _f(
+        1_000_000, "series whose routing the ingest agent caches (~0.3 KB each); a label-cardinality "
+        "explosion beyond it clears the cache instead of growing it (the fleet's series should fit: "
+        "past it every sample takes the slow path)", minimum=1000
+    )
     max_future_seconds: float = _f(
         3600.0, "samples stamped further than this ahead of the worker's clock are dead-lettered "
         "(future_timestamp): one wrong clock must not make a series' later samples late", minimum=0.0

@@ -276,7 +276,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     processed = m.EVENTS.labels(s.topic_metrics, "processed")
     deadlettered = m.EVENTS.labels(s.topic_metrics, "deadlettered")
 
-    router = Router(pipe.detectors, s.topic_partitions)
+    router = Router(pipe.detectors, s.topic_partitions, cache_max=s.route_cache_series)
 
     batch_max = s.ingest_batch_messages
     batch_bytes = max(s.max_message_bytes, INTERNAL_BATCH_BYTES)
@@ -353,13 +353,13 @@ def build_app(settings: Settings | None = None) -> faust.App:
         for key, (det, eid) in list(dirty.items()):
             ent = det.entities.get(eid)
             if ent is None:
-                del dirty[key]
+                dirty.pop(key, None)
                 continue
             if lanes is not None and ent.lane not in lanes:
                 continue
             blob = pack_state(det.export_state(eid))
             state_sizes[key] = len(blob)
-            del dirty[key]
+            dirty.pop(key, None)  # (a revocation may have written it meanwhile: write_state_direct awaits)
             yield ent.lane, key, blob
 
     # The table's local store keeps no copy of a live entity's state: the engine holds it, the
@@ -419,7 +419,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
         n = 0
         state_gate.clear()  # the detect agent starts no new message meanwhile (ingest goes on)
         try:
-            for lane, key, blob in list(export_dirty()):
+            # one entity at a time: a list of every blob first held them all at once (at 10,000
+            # entities ~46 MB of compressed state, and the peak RSS keeps what the allocator took)
+            for lane, key, blob in export_dirty():
                 drop_stored(key, None)
                 fut = await send(topic, key, blob, lane, None, None)  # the delivery's future
                 fut.add_done_callback(_write_failed)

@@ -240,3 +240,29 @@ def test_the_route_cache_is_per_label_set_and_metric_and_a_bad_sample_between_go
     (part, ents), = out.items()
     assert ents == {"hosts/host=a": [{"host": "a"}, [[0, 2, [("cpu", 61.0, 2.0), ("mem", 63.0, 3.0),
                                                               ("cpu", 64.0, 4.0)]]]]}
+
+
+def test_the_series_of_one_entity_share_its_targets_and_the_cache_stays_bounded():
+    dets = {"hosts": Detector(DetectorSpec(name="hosts", group_by=("host",))),
+            "dcs": Detector(DetectorSpec(name="dcs", group_by=("dc",)))}
+    router = Router(dets, partitions=4, cache_max=6)
+    samples = [{"metric": m, "labels": {"host": h, "dc": "x"}, "value": 1.0, "ts": 60.0}
+               for h in ("a", "b") for m in ("cpu", "mem", "disk")]
+    out: dict = {}
+    assert router.add_message(orjson.dumps({"samples": samples}), 0, 1, out, max_bytes=1 << 20,
+                              max_batch=100) == (6, [])
+    by_metric = router._fast[(("host", "a"), ("dc", "x"))]
+    # one targets list per entity pair (host, dc), the same object for each of its series, and one
+    # (entity, labels, partition) tuple per entity whichever series resolved it
+    assert len({id(t) for t in by_metric.values()}) == 1
+    h_a, d_a = by_metric["cpu"]
+    h_b, d_b = router._fast[(("host", "b"), ("dc", "x"))]["cpu"]
+    assert d_a is d_b and h_a is not h_b and h_a[0] == "hosts/host=a" and d_a[0] == "dcs/dc=x"
+    assert router.resolve("cpu", {"host": "a", "dc": "x"}) is by_metric["cpu"]
+    # the 7th series clears the cache (bounded: a label-cardinality explosion must not grow it);
+    # routing stays right, and the series is cached again
+    seventh = {"samples": [{"metric": "net", "labels": {"host": "c", "dc": "x"}, "value": 2.0, "ts": 61.0}]}
+    out = {}
+    assert router.add_message(orjson.dumps(seventh), 0, 2, out, max_bytes=1 << 20, max_batch=10) == (1, [])
+    assert router._fast_n == 1 and len(router._hit) == 2
+    assert sorted(e for ents in out.values() for e in ents) == ["dcs/dc=x", "hosts/host=c"]
