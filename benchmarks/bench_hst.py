@@ -38,7 +38,7 @@ def make_stream(n, n_features, seed):
     rng = np.random.default_rng(seed)
     X = rng.random((n, n_features))
     X[::101] = rng.normal(2.0, 1.0, size=X[::101].shape)  # a few outliers
-    names = [f"f{i}" for i in range(n_features)]
+    names = [f"f{i:03d}" for i in range(n_features)]  # sorted order == column order (the batch path's)
     events = [dict(zip(names, row)) for row in X.tolist()]
     return names, X, events
 
