@@ -10,12 +10,20 @@ children ``2i+1`` (left, ``value < threshold``) and ``2i+2`` (right). A tree has
 * :class:`Structure` — one 16-byte record ``{threshold: float64, feature: int32}`` per split
   node, for all trees. Immutable and shared by every model with the same (n_trees, height, seed,
   features, limits).
-* :class:`HSTCore` — the per-model state: one mass array ``(n_trees, n_nodes, 2)`` of unsigned
-  integer counts (uint8 when ``window_size <= 255``, else uint16 / uint32; masses never exceed
-  ``window_size`` so this is exact), the window counter and the first-window flag. Each node's
-  two masses sit side by side; slot ``ri`` is the reference mass ``r`` and slot ``1 - ri`` the
-  latest mass ``l``. A window pivot flips ``ri`` and zeroes the new ``l`` slots (river copies
-  ``l`` into ``r`` then zeroes ``l``: same result).
+* :class:`HSTCore` — the per-model state: one mass array ``(n_trees, 2**height, 2)`` of
+  unsigned integer counts (uint8 when ``window_size <= 255``, else uint16 / uint32; a mass never
+  exceeds ``window_size`` so this is exact), the window counter and the first-window flag.
+
+Masses are stored *compactly*: every learn walks from the root to a leaf, so a node's mass is
+always the sum of its children's, and a tree's masses are fully described by its root's mass
+(entry 0) and, for each split node ``i``, its left child's mass (entry ``1 + i``); a right
+child's mass is its parent's minus its sibling's, computed on the way down. That is ``2**height``
+entries per slot instead of ``2**(height+1) - 1`` (5,120 bytes instead of 10,220 per model at
+river's defaults), with the same O(1) work per node visited; learning adds 1 to the root and to
+every left child on the path. Each entry's two masses sit side by side; slot ``ri`` is the
+reference mass ``r`` and slot ``1 - ri`` the latest mass ``l``. A window pivot flips ``ri`` and
+zeroes the new ``l`` slots (river copies ``l`` into ``r`` then zeroes ``l``: same result).
+:meth:`HSTCore._masses` rebuilds river's per-node masses for tests and inspection.
 
 A node's split record and its masses each take one load, the trees are walked level by level
 in blocks so that their independent root-to-leaf chains of loads overlap, and deep nodes (cache
@@ -68,117 +76,163 @@ NODE_DTYPE = np.dtype([("threshold", "<f8"), ("feature", "<i4"), ("_pad", "<i4")
 # nogil kernels
 # --------------------------------------------------------------------------------------------
 
-cdef inline Py_ssize_t _child(const double* x, const uint8_t* miss, const node_t* nd,
-                              const mass_t* tm, Py_ssize_t c, int li) noexcept nogil:
-    """Next node below split ``nd`` whose left child is ``c`` (branch-free on values).
+cdef inline int _go_right(const double* x, const uint8_t* miss, const node_t* nd,
+                          int64_t left_l, int64_t node_l) noexcept nogil:
+    """1 if the walk leaves split ``nd`` to the right (branch-free on values), else 0.
 
     ``value < threshold`` goes left, anything else (including NaN) right, as in river. A
-    missing feature follows the child with the larger latest mass, left on ties.
+    missing feature follows the child with the larger latest mass, left on ties: ``left_l`` is
+    the left child's latest mass, ``node_l`` the split node's (the right child's is the
+    difference), both before the current event touched them.
     """
     cdef int32_t f = nd.feature
     if miss != NULL and miss[f]:
-        return c + (tm[2 * c + li] < tm[2 * c + 2 + li])
-    return c + (not (x[f] < nd.threshold))
+        return left_l < node_l - left_l
+    return not (x[f] < nd.threshold)
 
 
 cdef inline double _score_row(const node_t* nodes, const mass_t* m, int ri,
-                              Py_ssize_t n_trees, Py_ssize_t n_int, Py_ssize_t n_nodes,
+                              Py_ssize_t n_trees, Py_ssize_t n_int, Py_ssize_t n_e,
                               int height, double size_limit,
                               const double* x, const uint8_t* miss) noexcept nogil:
     """Sum over trees of river's ``_walk_score`` (un-normalised), in river's float order."""
     cdef double total = 0.0
     cdef double s[BLOCK]
     cdef Py_ssize_t node[BLOCK]
+    cdef int64_t rm[BLOCK]  # the current node's reference mass
+    cdef int64_t lm[BLOCK]  # ... and its latest mass (for the missing-feature rule)
     cdef bint scoring[BLOCK]
     cdef Py_ssize_t t0, t, k, nb, nd
     cdef int d, li = 1 - ri
-    cdef int64_t pw, r
+    cdef int64_t pw, r, er, el, g
     cdef bint any_left
     cdef const mass_t* tm
+    cdef const mass_t* e
     for t0 in range(0, n_trees, BLOCK):
         nb = min(BLOCK, n_trees - t0)
         for k in range(nb):
+            tm = m + 2 * (t0 + k) * n_e
             node[k] = 0
             s[k] = 0.0
             scoring[k] = True
+            rm[k] = tm[ri]
+            lm[k] = tm[li]
         pw = 1
         any_left = True
         for d in range(height):
             any_left = False
             for k in range(nb):
                 if scoring[k]:
-                    t = t0 + k
-                    nd = node[k]
-                    tm = m + 2 * t * n_nodes
-                    r = tm[2 * nd + ri]
+                    r = rm[k]
                     s[k] += <double>(r * pw)
                     if <double>r < size_limit:
                         scoring[k] = False
                     else:
                         any_left = True
-                        node[k] = _child(x, miss, nodes + t * n_int + nd, tm, 2 * nd + 1, li)
+                        t = t0 + k
+                        nd = node[k]
+                        e = m + 2 * (t * n_e + 1 + nd)  # the left child's masses
+                        el = e[li]
+                        g = _go_right(x, miss, nodes + t * n_int + nd, el, lm[k])
+                        er = e[ri]
+                        # branch-free (the side taken is data, unpredictable): right child =
+                        # parent - left
+                        rm[k] = er + g * (r - 2 * er)
+                        lm[k] = el + g * (lm[k] - 2 * el)
+                        node[k] = 2 * nd + 1 + g
             if not any_left:
                 break
             pw <<= 1
         for k in range(nb):
             if any_left and scoring[k]:
-                s[k] += <double>(<int64_t>m[2 * ((t0 + k) * n_nodes + node[k]) + ri] * pw)
+                s[k] += <double>(rm[k] * pw)
             total += s[k]
     return total
 
 
-cdef inline double _score_learn_row(const node_t* nodes, mass_t* m, int ri,
-                                    Py_ssize_t n_trees, Py_ssize_t n_int, Py_ssize_t n_nodes,
-                                    int height, double size_limit, bint do_score,
-                                    const double* x, const uint8_t* miss) noexcept nogil:
+cdef inline double _score_learn_impl(const node_t* nodes, mass_t* m, int ri,
+                                     Py_ssize_t n_trees, Py_ssize_t n_int, Py_ssize_t n_e,
+                                     int height, double size_limit, bint do_score,
+                                     const double* x, const uint8_t* miss,
+                                     bint has_miss) noexcept nogil:
     """Score (if ``do_score``) then learn in one walk per tree; returns the raw score.
 
     The score and learn walks follow the same path: both compare the same value with the same
     threshold, and for a missing feature both compare the children's latest masses before this
-    event touches them (learning increments a node before choosing among its children). The
-    score stops accumulating where river's ``_walk_score`` returns; learning goes on to the leaf
-    (river's ``_walk_learn``: +1 latest mass on every node of the root-to-leaf path).
+    event touches them (river increments a node before choosing among its children, and a
+    child only after). The score stops accumulating where river's ``_walk_score`` returns;
+    learning goes on to the leaf (river's ``_walk_learn``: +1 latest mass on every node of the
+    root-to-leaf path, which in the compact layout is +1 on the root and on each left child
+    taken).
     """
     cdef double total = 0.0
     cdef double s[BLOCK]
     cdef Py_ssize_t node[BLOCK]
+    cdef int64_t rm[BLOCK]
+    cdef int64_t lm[BLOCK]
     cdef int64_t scoring[BLOCK]  # 1 while river's _walk_score would still be walking
     cdef Py_ssize_t t0, t, k, nb, nd
     cdef int d, li = 1 - ri
-    cdef int64_t pw, r
+    cdef int64_t pw, r, er, el, g
     cdef mass_t* tm
+    cdef mass_t* e
     for t0 in range(0, n_trees, BLOCK):
         nb = min(BLOCK, n_trees - t0)
         for k in range(nb):
+            tm = m + 2 * (t0 + k) * n_e
             node[k] = 0
             s[k] = 0.0
             scoring[k] = do_score
+            rm[k] = tm[ri]
+            if has_miss:
+                lm[k] = tm[li]
+            tm[li] += 1  # the root's latest mass
         pw = 1
         for d in range(height):
             for k in range(nb):
                 t = t0 + k
                 nd = node[k]
-                tm = m + 2 * t * n_nodes
                 # branch-free: once a tree's score has stopped (river returns), add zeros
-                r = tm[2 * nd + ri]
+                r = rm[k]
                 s[k] += <double>(r * pw * scoring[k])
                 scoring[k] &= <double>r >= size_limit
-                tm[2 * nd + li] += 1
-                nd = _child(x, miss, nodes + t * n_int + nd, tm, 2 * nd + 1, li)
+                e = m + 2 * (t * n_e + 1 + nd)  # the left child's masses
+                er = e[ri]
+                el = e[li]
+                if has_miss:
+                    g = _go_right(x, miss, nodes + t * n_int + nd, el, lm[k])
+                else:
+                    g = _go_right(x, NULL, nodes + t * n_int + nd, 0, 0)
+                # branch-free (the side taken is data, unpredictable): right child = parent - left
+                rm[k] = er + g * (r - 2 * er)
+                if has_miss:
+                    lm[k] = el + g * (lm[k] - 2 * el)
+                e[li] = <mass_t>(el + 1 - g)  # the left child's latest mass, when taken
+                nd = 2 * nd + 1 + g
                 node[k] = nd
-                if d + 1 >= PREFETCH_DEPTH:
+                if d + 1 >= PREFETCH_DEPTH and nd < n_int:
                     # deep nodes are cache misses: start loading them while the other trees
                     # of the block are walked
-                    HST_PREFETCH(tm + 2 * nd)
-                    if nd < n_int:
-                        HST_PREFETCH(nodes + t * n_int + nd)
+                    HST_PREFETCH(m + 2 * (t * n_e + 1 + nd))
+                    HST_PREFETCH(nodes + t * n_int + nd)
             pw <<= 1
         for k in range(nb):
-            tm = m + 2 * ((t0 + k) * n_nodes + node[k])
-            s[k] += <double>(<int64_t>tm[ri] * pw * scoring[k])
-            tm[li] += 1
+            s[k] += <double>(rm[k] * pw * scoring[k])
             total += s[k]
     return total
+
+
+cdef inline double _score_learn_row(const node_t* nodes, mass_t* m, int ri,
+                                    Py_ssize_t n_trees, Py_ssize_t n_int, Py_ssize_t n_e,
+                                    int height, double size_limit, bint do_score,
+                                    const double* x, const uint8_t* miss) noexcept nogil:
+    """:func:`_score_learn_impl`, specialised for events without missing features (the
+    common case: no latest masses to track for the missing-feature rule)."""
+    if miss == NULL:
+        return _score_learn_impl(nodes, m, ri, n_trees, n_int, n_e, height, size_limit,
+                                 do_score, x, NULL, False)
+    return _score_learn_impl(nodes, m, ri, n_trees, n_int, n_e, height, size_limit,
+                             do_score, x, miss, True)
 
 
 cdef inline int _pivot_masses(mass_t* m, Py_ssize_t n, int ri) noexcept nogil:
@@ -219,7 +273,7 @@ cdef inline int _pivot_masses(mass_t* m, Py_ssize_t n, int ri) noexcept nogil:
 
 
 cdef void _run_many(const node_t* nodes, mass_t* m, Py_ssize_t n_trees, Py_ssize_t n_int,
-                    Py_ssize_t n_nodes, int height, double size_limit, double max_score,
+                    Py_ssize_t n_e, int height, double size_limit, double max_score,
                     long window_size, const double* X, const uint8_t* M, Py_ssize_t n_rows,
                     Py_ssize_t n_cols, double* out, int* ri, long* counter,
                     bint* first_window) noexcept nogil:
@@ -234,12 +288,12 @@ cdef void _run_many(const node_t* nodes, mass_t* m, Py_ssize_t n_trees, Py_ssize
         miss = NULL
         if M != NULL:
             miss = M + i * n_cols
-        s = _score_learn_row(nodes, m, r_i, n_trees, n_int, n_nodes, height, size_limit,
+        s = _score_learn_row(nodes, m, r_i, n_trees, n_int, n_e, height, size_limit,
                              not fw, X + i * n_cols, miss)
         out[i] = 0.0 if fw else 1.0 - s / max_score
         cnt += 1
         if cnt == window_size:
-            r_i = _pivot_masses(m, n_trees * n_nodes, r_i)
+            r_i = _pivot_masses(m, n_trees * n_e, r_i)
             fw = False
             cnt = 0
     ri[0] = r_i
@@ -250,6 +304,71 @@ cdef void _run_many(const node_t* nodes, mass_t* m, Py_ssize_t n_trees, Py_ssize
 # --------------------------------------------------------------------------------------------
 # shared structure
 # --------------------------------------------------------------------------------------------
+
+def expand_masses(compact, int height):
+    """Per-node masses ``(n_trees, 2**(height+1) - 1)`` in heap order from compact masses
+    ``(n_trees, 2**height)`` (root, then each split node's left child); same dtype."""
+    c = np.asarray(compact)
+    n_trees = c.shape[0]
+    full = np.zeros((n_trees, (1 << (height + 1)) - 1), dtype=c.dtype)
+    full[:, 0] = c[:, 0]
+    cdef Py_ssize_t d, lo, hi
+    for d in range(height):
+        lo = (1 << d) - 1
+        hi = (1 << (d + 1)) - 1
+        left = c[:, 1 + lo:1 + hi]
+        full[:, 2 * lo + 1:2 * hi + 1:2] = left
+        full[:, 2 * lo + 2:2 * hi + 2:2] = full[:, lo:hi] - left
+    return full
+
+
+def compact_consistent(compact, int height):
+    """True when no node's left child is heavier than the node (every right child's mass,
+    parent minus left, is then >= 0). Compiled: this runs for every model loaded."""
+    cdef const int64_t[:, ::1] a = np.ascontiguousarray(compact, dtype=np.int64)
+    cdef Py_ssize_t n_int = (1 << height) - 1, t, i
+    if a.shape[1] != n_int + 1:
+        raise ValueError("compact masses must be (n_trees, 2**height)")
+    cdef int64_t* mass = <int64_t*> malloc((2 * n_int + 1) * sizeof(int64_t))
+    cdef bint ok = True
+    if mass == NULL:
+        raise MemoryError()
+    with nogil:
+        for t in range(a.shape[0]):
+            mass[0] = a[t, 0]
+            if mass[0] < 0:
+                ok = False
+            for i in range(n_int):
+                if not ok:
+                    break
+                mass[2 * i + 1] = a[t, 1 + i]
+                mass[2 * i + 2] = mass[i] - a[t, 1 + i]
+                if mass[2 * i + 2] < 0 or mass[2 * i + 1] < 0:
+                    ok = False
+            if not ok:
+                break
+    free(mass)
+    return ok
+
+
+def compact_masses(full, int height):
+    """The inverse of :func:`expand_masses`: ``(n_trees, 2**height)`` from per-node masses.
+
+    Raises ValueError unless every split node's mass is the sum of its children's (true of
+    any masses river or this module produced: every learn walks from the root to a leaf).
+    """
+    f = np.asarray(full)
+    n_int = (1 << height) - 1
+    if f.ndim != 2 or f.shape[1] != 2 * n_int + 1:
+        raise ValueError("masses must be (n_trees, 2**(height+1) - 1)")
+    w = f.astype(np.int64)
+    if not np.array_equal(w[:, :n_int], w[:, 1::2] + w[:, 2::2]):
+        raise ValueError("inconsistent masses: a node's mass is not the sum of its children's")
+    c = np.empty((f.shape[0], n_int + 1), dtype=f.dtype)
+    c[:, 0] = f[:, 0]
+    c[:, 1:] = f[:, 1::2]
+    return c
+
 
 cdef class Structure:
     """Split features and thresholds of ``n_trees`` heap-ordered trees (shared, read-only)."""
@@ -330,7 +449,7 @@ cdef class HSTCore:
     cdef readonly object seed
     cdef object _limits            # None or dict name -> (lo, hi) (river defaults to (0, 1))
     cdef readonly Structure structure
-    cdef object _mass              # ndarray [n_trees, n_nodes, 2] of uint8/16/32
+    cdef object _mass              # ndarray [n_trees, 2**height, 2] of uint8/16/32 (compact)
     cdef void* _base
     cdef int _kind                 # 0 uint8, 1 uint16, 2 uint32
     cdef int _ri                   # which slot of _mass holds the reference mass r
@@ -374,15 +493,20 @@ cdef class HSTCore:
         return 0
 
     def _attach(self, Structure st, r=None, l=None):
-        """Attach a structure and allocate the masses (zero, or copies of ``r`` and ``l``)."""
+        """Attach a structure and allocate the masses (zero, or copies of ``r`` and ``l``).
+
+        ``r`` and ``l`` are compact masses, each ``(n_trees, 2**height)``: the root's mass,
+        then each split node's left child's (see the module docstring).
+        """
         if st.n_trees != self.n_trees or st.height != self.height:
             raise ValueError("structure does not match n_trees/height")
         if self._names is not None and self._names != st.feature_names:
             raise ValueError(f"structure features {st.feature_names!r} != {self._names!r}")
-        m = np.zeros((st.n_trees, st.n_nodes, 2), dtype=mass_dtype(self.window_size))
+        n_e = st.n_internal + 1
+        m = np.zeros((st.n_trees, n_e, 2), dtype=mass_dtype(self.window_size))
         if r is not None:
-            m[:, :, 0] = np.reshape(r, (st.n_trees, st.n_nodes))
-            m[:, :, 1] = np.reshape(l, (st.n_trees, st.n_nodes))
+            m[:, :, 0] = np.reshape(r, (st.n_trees, n_e))
+            m[:, :, 1] = np.reshape(l, (st.n_trees, n_e))
         self.structure = st
         self._names = st.feature_names
         self._mass = m
@@ -439,7 +563,7 @@ cdef class HSTCore:
         return n_miss
 
     cdef inline void _after_learn(self) noexcept:
-        cdef Py_ssize_t n = self.n_trees * self.structure.n_nodes
+        cdef Py_ssize_t n = self.n_trees * (self.structure.n_internal + 1)
         self.counter += 1
         if self.counter == self.window_size:
             if self._kind == 0:
@@ -456,13 +580,13 @@ cdef class HSTCore:
         cdef double s
         if self._kind == 0:
             s = _score_row(st._nodes, <uint8_t*> self._base, self._ri, self.n_trees,
-                           st.n_internal, st.n_nodes, self.height, self._size_limit, xs, miss)
+                           st.n_internal, st.n_internal + 1, self.height, self._size_limit, xs, miss)
         elif self._kind == 1:
             s = _score_row(st._nodes, <uint16_t*> self._base, self._ri, self.n_trees,
-                           st.n_internal, st.n_nodes, self.height, self._size_limit, xs, miss)
+                           st.n_internal, st.n_internal + 1, self.height, self._size_limit, xs, miss)
         else:
             s = _score_row(st._nodes, <uint32_t*> self._base, self._ri, self.n_trees,
-                           st.n_internal, st.n_nodes, self.height, self._size_limit, xs, miss)
+                           st.n_internal, st.n_internal + 1, self.height, self._size_limit, xs, miss)
         return 1.0 - s / self._max_score
 
     cdef double _score_learn_buf(self, const double* xs, const uint8_t* miss,
@@ -472,15 +596,15 @@ cdef class HSTCore:
         cdef double s
         if self._kind == 0:
             s = _score_learn_row(st._nodes, <uint8_t*> self._base, self._ri, self.n_trees,
-                                 st.n_internal, st.n_nodes, self.height, self._size_limit,
+                                 st.n_internal, st.n_internal + 1, self.height, self._size_limit,
                                  score, xs, miss)
         elif self._kind == 1:
             s = _score_learn_row(st._nodes, <uint16_t*> self._base, self._ri, self.n_trees,
-                                 st.n_internal, st.n_nodes, self.height, self._size_limit,
+                                 st.n_internal, st.n_internal + 1, self.height, self._size_limit,
                                  score, xs, miss)
         else:
             s = _score_learn_row(st._nodes, <uint32_t*> self._base, self._ri, self.n_trees,
-                                 st.n_internal, st.n_nodes, self.height, self._size_limit,
+                                 st.n_internal, st.n_internal + 1, self.height, self._size_limit,
                                  score, xs, miss)
         self._after_learn()
         return 1.0 - s / self._max_score if score else 0.0
@@ -562,15 +686,15 @@ cdef class HSTCore:
         cdef double size_limit = self._size_limit, max_score = self._max_score
         with nogil:
             if kind == 0:
-                _run_many(st._nodes, <uint8_t*> base, n_trees, st.n_internal, st.n_nodes,
+                _run_many(st._nodes, <uint8_t*> base, n_trees, st.n_internal, st.n_internal + 1,
                           height, size_limit, max_score, ws, xp, mp, n_rows, n_cols, op, &ri,
                           &counter, &fw)
             elif kind == 1:
-                _run_many(st._nodes, <uint16_t*> base, n_trees, st.n_internal, st.n_nodes,
+                _run_many(st._nodes, <uint16_t*> base, n_trees, st.n_internal, st.n_internal + 1,
                           height, size_limit, max_score, ws, xp, mp, n_rows, n_cols, op, &ri,
                           &counter, &fw)
             else:
-                _run_many(st._nodes, <uint32_t*> base, n_trees, st.n_internal, st.n_nodes,
+                _run_many(st._nodes, <uint32_t*> base, n_trees, st.n_internal, st.n_internal + 1,
                           height, size_limit, max_score, ws, xp, mp, n_rows, n_cols, op, &ri,
                           &counter, &fw)
         self._ri = ri
@@ -580,11 +704,19 @@ cdef class HSTCore:
 
     # -- state access (serialization, tests) --------------------------------------------------
 
-    def _masses(self):
-        """(r, l) views of shape (n_trees, n_nodes), heap order; None before the first learn."""
+    def _compact_masses(self):
+        """(r, l) compact views of shape (n_trees, 2**height); None before the first learn."""
         if self._mass is None:
             return None
         return self._mass[:, :, self._ri], self._mass[:, :, 1 - self._ri]
+
+    def _masses(self):
+        """(r, l) per-node masses of shape (n_trees, n_nodes), heap order, as river holds them
+        (rebuilt from the compact layout; copies); None before the first learn."""
+        c = self._compact_masses()
+        if c is None:
+            return None
+        return tuple(expand_masses(a, self.height) for a in c)
 
     def _set_state(self, long counter, bint first_window):
         if counter < 0 or counter >= self.window_size:

@@ -19,11 +19,14 @@ import numpy as np
 import orjson
 
 from stream.detect import _hst
-from stream.detect._hst import Structure, mass_dtype
+from stream.detect._hst import Structure, compact_consistent, compact_masses, mass_dtype
 
 __all__ = ["HalfSpaceTrees", "Structure", "build_structure", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+# 2: compact masses (root, then each split node's left child: 2**height per slot and tree);
+# 1: river's per-node masses (2**(height+1) - 1 per slot and tree), still read
+FORMAT_VERSION = 2
+_READABLE = (1, 2)
 _PADDING = 0.15  # river's make_padded_tree(padding=0.15)
 _DEFAULT_LIMITS = (0.0, 1.0)  # river: defaultdict(functools.partial(tuple, (0.0, 1.0)))
 
@@ -140,6 +143,11 @@ def build_structure(feature_names: Iterable, n_trees: int = 10, height: int = 8,
     return st
 
 
+def _consistent(mass, height: int) -> bool:
+    """No compact mass larger than its node's (else a right child's mass would be negative)."""
+    return all(compact_consistent(c, height) for c in mass)
+
+
 _STR_ONLY = frozenset((str,))
 
 
@@ -222,8 +230,8 @@ class HalfSpaceTrees(_hst.HSTCore):
     Durable state: masses only (the structure is rebuilt from the seed and shared):
 
     >>> blob = batch.to_bytes()
-    >>> blob[0], len(blob) < 2 * 5 * 15 + 200
-    (1, True)
+    >>> blob[0], len(blob) < 2 * 5 * 8 + 200
+    (2, True)
     >>> again = HalfSpaceTrees.from_bytes(blob)
     >>> again.score_one({'a': 0.9, 'b': 0.1}) == batch.score_one({'a': 0.9, 'b': 0.1})
     True
@@ -273,15 +281,16 @@ class HalfSpaceTrees(_hst.HSTCore):
     def nbytes(self) -> int:
         """Per-model memory in bytes: object, mass array, own limits (shared structure excluded).
 
-        Masses are ``2 * n_trees * (2**(height+1) - 1)`` counts of 1 byte (window_size <= 255),
-        2 bytes (<= 65535) or 4 bytes: 10,220 bytes at river's defaults.
+        Masses are ``2 * n_trees * 2**height`` counts of 1 byte (window_size <= 255), 2 bytes
+        (<= 65535) or 4 bytes: 5,120 bytes at river's defaults (river's per-node layout would
+        take ``2 * n_trees * (2**(height+1) - 1)``, 10,220 bytes; see :mod:`stream.detect._hst`).
         """
         return self._sizeof()
 
     # -- serialization ----------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Compact versioned state: header, JSON params, masses (r then l), little-endian.
+        """Compact versioned state: header, JSON params, compact masses (r then l), little-endian.
 
         With a seed, the tree structure is not stored (rebuilt and shared at load time); with
         ``seed=None`` it is embedded (the trees cannot be re-drawn).
@@ -305,7 +314,7 @@ class HalfSpaceTrees(_hst.HSTCore):
             mb = json.dumps(meta, separators=(",", ":")).encode()
         flags = _F_FIRST_WINDOW if self.first_window else 0
         parts = []
-        masses = self._masses()
+        masses = self._compact_masses()
         if masses is not None:
             flags |= _F_MASSES
             r, l = masses
@@ -323,10 +332,10 @@ class HalfSpaceTrees(_hst.HSTCore):
     def from_bytes(cls, b: bytes) -> HalfSpaceTrees:
         """Rebuild a model from :meth:`to_bytes` (sharing the structure when seeded)."""
         b = memoryview(b)
-        if len(b) < _HEAD.size or b[0] != FORMAT_VERSION:
+        if len(b) < _HEAD.size or b[0] not in _READABLE:
             raise ValueError(f"not a HalfSpaceTrees v{FORMAT_VERSION} state "
                              f"(version byte {b[0] if len(b) else None!r})")
-        _, flags, item, _, n_trees, height, window_size, counter, mlen = _HEAD.unpack_from(b)
+        version, flags, item, _, n_trees, height, window_size, counter, mlen = _HEAD.unpack_from(b)
         off = _HEAD.size
         meta = json.loads(bytes(b[off:off + mlen]))
         off += mlen
@@ -336,12 +345,17 @@ class HalfSpaceTrees(_hst.HSTCore):
         if item != mass_dtype(window_size).itemsize:
             raise ValueError("mass dtype does not match window_size")
         if flags & _F_MASSES:
-            n_nodes = (1 << (height + 1)) - 1
             n_int = (1 << height) - 1
-            count = 2 * n_trees * n_nodes
+            per = (1 << (height + 1)) - 1 if version == 1 else n_int + 1
+            count = 2 * n_trees * per
             mass = np.frombuffer(b, dtype=f"<u{item}", count=count, offset=off)
             off += count * item
-            mass = mass.reshape(2, n_trees, n_nodes)
+            mass = mass.reshape(2, n_trees, per)
+            if version == 1:  # river's per-node masses: keep the root and the left children
+                mass = np.stack([compact_masses(mass[0], height), compact_masses(mass[1], height)])
+            elif not _consistent(mass, height):
+                raise ValueError("inconsistent masses in HalfSpaceTrees state (a left child "
+                                 "heavier than its parent)")
             names = tuple(names)
             if flags & _F_EMBEDDED_STRUCTURE:
                 feat = np.frombuffer(b, dtype="<i4", count=n_trees * n_int, offset=off)

@@ -271,7 +271,7 @@ def test_bytes_round_trip_continues_identically():
     assert r.structure is m.structure  # not duplicated
     assert (r.counter, r.first_window, r.feature_names, r.limits) == (
         m.counter, m.first_window, m.feature_names, m.limits)
-    assert len(blob) < 2 * 10 * 511 + 200  # uint8 masses + a small header
+    assert len(blob) < 2 * 10 * 256 + 200  # compact uint8 masses + a small header
     assert r.to_bytes() == blob
     np.testing.assert_array_equal(r.score_learn_many(X[1_337:]), m.score_learn_many(X[1_337:]))
     _continue_equal(r, m, events[:300])
@@ -302,7 +302,7 @@ def test_bytes_round_trip_unseeded_embeds_structure_and_edge_states():
 def test_nbytes_per_model():
     m = HalfSpaceTrees(seed=1)
     m.learn_one({"a": 0.5})
-    mass = 2 * 10 * 511  # r and l, uint8 for window_size <= 255
+    mass = 2 * 10 * 256  # r and l, compact (2**height per tree), uint8 for window_size <= 255
     assert mass < m.nbytes < mass + 400
     assert m.structure.nbytes == 10 * 255 * 16  # shared, not counted
     assert 100_000 * m.nbytes < 1.1 * 2**30
@@ -315,3 +315,73 @@ def test_scores_are_finite_and_in_unit_interval():
     events, X, _ = _stream(3_000, ["a", "b"], seed=14, anomaly_every=3)
     out = HalfSpaceTrees(window_size=100, seed=2).score_learn_many(X, feature_names="ab")
     assert all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in out)
+
+
+# -- compact masses and the v1 format -----------------------------------------------------------
+
+def _v1_blob(ref, ours, height):
+    """The bytes the v1 format held for ``ours``: its header and JSON, with river's per-node
+    masses (r then l, heap order, little-endian) where v2 holds compact ones."""
+    from stream.detect.hst import _HEAD
+
+    v2 = ours.to_bytes()
+    _, flags, item, _, n_trees, h, ws, counter, mlen = _HEAD.unpack_from(v2)
+    meta = v2[_HEAD.size:_HEAD.size + mlen]
+    r, l = _river_masses(ref, height)
+    dt = f"<u{item}"
+    return (_HEAD.pack(1, flags, item, 0, n_trees, h, ws, counter, mlen) + meta
+            + r.astype(dt).tobytes() + l.astype(dt).tobytes())
+
+
+def test_v1_state_with_per_node_masses_is_read_and_continues_like_river():
+    # states written before the compact layout (changelogs hold them) load exactly
+    events, _, _ = _stream(1_500, ["a", "b", "c"], seed=31, anomaly_every=4, p_missing=0.1)
+    params = dict(n_trees=6, height=5, window_size=40, seed=5)
+    ref, ours = RiverHST(**params), HalfSpaceTrees(**params)
+    for x in events[:1_000]:  # past many pivots, mid-window
+        ref.learn_one(x)
+        ours.learn_one(x)
+    old = HalfSpaceTrees.from_bytes(_v1_blob(ref, ours, 5))
+    assert old.to_bytes()[0] == FORMAT_VERSION == 2
+    r_mass, l_mass = _river_masses(ref, 5)
+    np.testing.assert_array_equal(old._masses()[0], r_mass)
+    np.testing.assert_array_equal(old._masses()[1], l_mass)
+    for x in events[1_000:]:
+        assert old.score_one(x) == ref.score_one(x)
+        old.learn_one(x)
+        ref.learn_one(x)
+
+
+def test_inconsistent_masses_are_rejected():
+    events, _, _ = _stream(300, ["a", "b"], seed=32)
+    params = dict(n_trees=2, height=3, window_size=50, seed=6)
+    ref, ours = RiverHST(**params), HalfSpaceTrees(**params)
+    for x in events:
+        ref.learn_one(x)
+        ours.learn_one(x)
+    v1 = bytearray(_v1_blob(ref, ours, 3))
+    v1[-1] ^= 0x7F  # a leaf's latest mass no longer sums into its parent's
+    with pytest.raises(ValueError, match="inconsistent masses"):
+        HalfSpaceTrees.from_bytes(bytes(v1))
+    v2 = bytearray(ours.to_bytes())
+    n_e = 1 << 3
+    v2[-2 * n_e + 1] = 255  # tree 0's l: the root's left child heavier than the root
+    with pytest.raises(ValueError, match="inconsistent masses"):
+        HalfSpaceTrees.from_bytes(bytes(v2))
+
+
+@pytest.mark.parametrize("height", [0, 1, 4, 8])
+def test_compact_masses_round_trip(height):
+    from stream.detect._hst import compact_masses, expand_masses
+
+    rng = np.random.default_rng(height)
+    n_leaves = 1 << height
+    leaves = rng.integers(0, 30, size=(3, n_leaves)).astype(np.uint8)
+    # per-node masses of complete trees: each level the pairwise sums of the one below
+    levels = [leaves.astype(np.int64)]
+    while levels[0].shape[1] > 1:
+        levels.insert(0, levels[0][:, 0::2] + levels[0][:, 1::2])
+    full = np.concatenate(levels, axis=1).astype(np.uint16)
+    c = compact_masses(full, height)
+    assert c.shape == (3, n_leaves)
+    np.testing.assert_array_equal(expand_masses(c, height), full)
