@@ -70,12 +70,18 @@ cdef class WindowAccumulators:
 
     def alloc(self):
         """A fresh, empty slot."""
-        cdef int cap, slot
+        cdef int cap, slot, new
         if not self._free:
+            # grow by a quarter, in place: ndarray.resize reallocates (for a pool this large an
+            # mremap, no copy), where concatenating held the old and the doubled pool at once
+            # and left up to half of it unused (at 100,000 5-metric entities the pool holds
+            # 0.5-1M slots of 376 bytes). No view of the pool outlives a call (callers take its
+            # data pointer after alloc), so refcheck is not needed.
             cap = self.acc.shape[0]
-            self.acc = np.concatenate([self.acc, np.zeros((cap, NCOL))])
-            self.buf = np.concatenate([self.buf, np.zeros((cap, self.buffer_size))])
-            self._free = list(range(2 * cap - 1, cap - 1, -1))
+            new = cap + max(cap // 4, 256)
+            self.acc.resize((new, NCOL), refcheck=False)
+            self.buf.resize((new, self.buffer_size), refcheck=False)
+            self._free = list(range(new - 1, cap - 1, -1))
         slot = self._free.pop()
         self.acc[slot, :] = 0.0
         self.used += 1

@@ -114,3 +114,30 @@ def test_state_list_equals_the_arrays_state_for_empty_partly_filled_and_overflow
             acc.add(slot, float(i), rng.gauss(0, 1), i, 3)
         assert acc.get_state_list(slot) == acc.get_state(slot).tolist()
         assert all(type(v) is float for v in acc.get_state_list(slot))
+
+
+def test_the_pool_grows_in_place_by_a_quarter_and_keeps_every_open_window():
+    from stream.detect._window import WindowAccumulators
+
+    pool = WindowAccumulators(buffer_size=8, capacity=4)
+    acc_obj = pool.acc
+    slots = []
+    for i in range(5_000):
+        s = pool.alloc()
+        slots.append(s)
+        for k in range(3 + i % 11):  # some buffers overflow into the reservoir
+            pool.add(s, float(k), float(i * 100 + k))
+        if i % 7 == 0:  # free slots are reused before the pool grows again
+            pool.release(slots.pop(0))
+    assert pool.acc is acc_obj  # the same array object, resized, not replaced
+    cap = pool.acc.shape[0]
+    assert pool.used == len(slots) and pool.buf.shape[0] == cap
+    assert cap <= 1.25 * pool.used + 256  # slack: one growth step at most, not a doubling
+    fresh = WindowAccumulators(buffer_size=8, capacity=len(slots))
+    for s in slots:  # every open window still holds exactly what was folded into it
+        n = int(pool.acc[s, 0])
+        t = fresh.alloc()
+        for k in range(n):
+            fresh.add(t, float(k), pool.acc[s, 6] + k)  # first value + k, as added
+        assert pool.summary(s) == fresh.summary(t)
+        fresh.release(t)
