@@ -26,3 +26,15 @@ def test_run_without_a_broker_exits_2_before_writing_anything(tmp_path, capsys, 
     assert main(["run", "--quick", "--bootstrap", f"127.0.0.1:{_closed_port()}", "--report", str(out)]) == 2
     assert "cannot reach Kafka" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_memory_target_is_judged_only_at_100k_entities():
+    from loadtest.run import targets
+
+    gib = 2 ** 30
+    assert targets({"memory": {"entities": 100_000, "peak_rss_bytes": int(1.9 * gib)}})["entities_100k_within_2GiB"] is True
+    assert targets({"memory": {"entities": 120_000, "peak_rss_bytes": int(2.1 * gib)}})["entities_100k_within_2GiB"] is False
+    small = targets({"memory": {"entities": 1_000, "peak_rss_bytes": 300 * 2 ** 20}})["entities_100k_within_2GiB"]
+    assert isinstance(small, str) and "not measured at 1,000 entities" in small
+    r = targets({"ratios": {"vs_naive": 4.1, "vs_ceiling": 0.06}, "latency_s": {"fixed_rate": {"p99": 0.72}}})
+    assert (r["ge_10x_naive"], r["ge_half_ceiling"], r["p99_latency_lt_1s_at_half_max"]) == (False, False, True)
