@@ -69,6 +69,9 @@ def main(argv=None) -> int:
     r.add_argument("--commit-interval", type=float, default=1.0,
                    help="commit interval (s) of the service and the naive Faust app (default 1; throughput is "
                         "measured to the moment everything is committed)")
+    r.add_argument("--timeout", type=float,
+                   help="wall seconds each phase may take to catch up before the run fails (default 600; a run "
+                        "at 100,000 entities needs more: its commits write every changed entity's state)")
     r.add_argument("--worker-env", action="append", default=[], metavar="STREAM_NAME=VALUE",
                    help="a setting for the service's worker (repeatable), e.g. STREAM_INGEST_BATCH_MESSAGES=1 "
                         "to compare worker settings on the same data")
@@ -83,7 +86,8 @@ def main(argv=None) -> int:
         cfg.entities, cfg.hours, cfg.duration, cfg.step, cfg.per_kind = 100, 6.0, 30.0, 30.0, 3
         cfg.durations = {"level": 1200.0, "variance": 900.0, "drift": 2400.0, "missing": 900.0}
     cfg.bootstrap = args.bootstrap or os.environ.get("STREAM_BOOTSTRAP_SERVERS", cfg.bootstrap)
-    for name in ("entities", "metrics", "batch", "step", "hours", "warmup", "rate", "second_rate", "duration", "partitions", "per_kind"):
+    for name in ("entities", "metrics", "batch", "step", "hours", "warmup", "rate", "second_rate", "duration", "partitions", "per_kind",
+                 "timeout"):
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
@@ -100,6 +104,8 @@ def main(argv=None) -> int:
         cfg.worker_env[name] = value
     if cfg.batch < 1:
         p.error("--batch must be >= 1")
+    if not cfg.timeout > 0:
+        p.error("--timeout must be > 0")
     if not 0.0 <= cfg.warmup < 1.0:
         p.error("--warmup must be in [0, 1)")
     err = broker_problem(cfg.bootstrap)

@@ -279,7 +279,8 @@ def wait_caught_up(sampler: Sampler, offsets: Offsets, n_msgs: int, timeout: flo
             log(f"[{label}] catching up: committed {s['committed'] - sampler.base:,}/{n_msgs - sampler.base:,}  "
                 f"lag {s['lag']:,}")
         time.sleep(0.1)
-    raise RuntimeError(f"[{label}] not caught up within {timeout:.0f}s: {sampler.last}")
+    peak = f"; worker peak RSS {_proc_kib(proc.pid, 'VmHWM') / 2 ** 20:,.0f} MiB" if proc is not None else ""
+    raise RuntimeError(f"[{label}] not caught up within {timeout:.0f}s (--timeout): {sampler.last}{peak}")
 
 
 # --------------------------------------------------------------------------------- deployments

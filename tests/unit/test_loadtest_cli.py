@@ -38,3 +38,26 @@ def test_the_memory_target_is_judged_only_at_100k_entities():
     assert isinstance(small, str) and "not measured at 1,000 entities" in small
     r = targets({"ratios": {"vs_naive": 4.1, "vs_ceiling": 0.06}, "latency_s": {"fixed_rate": {"p99": 0.72}}})
     assert (r["ge_10x_naive"], r["ge_half_ceiling"], r["p99_latency_lt_1s_at_half_max"]) == (False, False, True)
+
+
+def test_timeout_reaches_the_run_and_must_be_positive(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    import loadtest.__main__ as cli
+    import loadtest.run as lr
+
+    seen = {}
+
+    def fake_run(cfg, path):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "broker_problem", lambda bootstrap: None)
+    monkeypatch.setattr(lr, "run", fake_run)
+    with pytest.raises(SystemExit):
+        main(["run", "--entities", "100000", "--timeout", "1800", "--report", str(tmp_path / "r.json")])
+    assert seen["cfg"].timeout == 1800 and seen["cfg"].entities == 100_000
+    seen.clear()
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--timeout", "0", "--report", str(tmp_path / "r.json")])
+    assert e.value.code == 2 and "--timeout must be > 0" in capsys.readouterr().err and not seen
