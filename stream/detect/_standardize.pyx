@@ -42,8 +42,8 @@ before one of them adds a key, so a worker's entities of the same metrics hold o
 >>> base.z_dict(), x, d2, zmax, zfeat, n_z
 ({'cpu:mean': 2.0}, {'cpu:mean': 0.75}, 4.0, 2.0, 'cpu:mean', 1)
 >>> from array import array
->>> count_below(array("d", [0.1, 0.5, 0.9]), 0.5)
-1
+>>> count_below(array("d", [0.1, 0.5, 0.9]), 0.5), count_below(array("f", [0.1, 0.5, 0.9]), 0.5)
+(1, 1)
 """
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -497,10 +497,21 @@ cdef class Baseline:
                 self._settle()
 
 
-def count_below(double[::1] scores, double score):
-    """How many of ``scores`` are strictly below ``score`` (the grade's numerator)."""
+ctypedef fused score_t:
+    float
+    double
+
+
+def count_below(score_t[::1] scores, double score):
+    """How many of ``scores`` are strictly below ``score`` (the grade's numerator).
+
+    A float32 history (``array("f")``: see ``stream.detect.engine.score_typecode``) is compared
+    with ``score`` rounded to float32, as its entries were when appended, so equal scores stay
+    equal.
+    """
     cdef Py_ssize_t i, n = scores.shape[0], c = 0
+    cdef score_t s = <score_t> score
     for i in range(n):
-        if score > scores[i]:
+        if s > scores[i]:
             c += 1
     return c

@@ -20,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 
 from stream.detect import _standardize, _window
 from stream.detect._standardize import Baseline, count_below
+import numpy as np
 from stream.detect.window import SUMMARY_FIELDS
 
 FEATS = ("mean", "std", "min", "max", "median", "iqr", "delta", "slope", "count", "availability")
@@ -402,3 +403,11 @@ def test_layouts_freed_with_their_baselines():
     del b, bases
     gc.collect()
     assert set(_standardize._layouts.keys()) <= before
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1), max_size=300), st.floats(0, 1))
+def test_count_below_on_a_float32_history_compares_in_float32(scores, score):
+    f32 = np.float32
+    expect = sum(f32(score) > f32(h) for h in scores)
+    assert count_below(array("f", scores), score) == expect
