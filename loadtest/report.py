@@ -114,7 +114,8 @@ def markdown(r: dict, plots: list[str]) -> str:
         + (f"; RSS after the run {mem['rss_end_bytes'] / 2**20:,.0f} MiB → {_f(mem.get('bytes_per_entity_at_end'))} "
            "bytes per entity held" if mem.get("rss_end_bytes") else "")
         + f"; serialized state {_f(mem.get('serialized_state_bytes_per_entity'))} bytes "
-        "per entity. 100k entities in 2 GiB: see `benchmarks/bench_entities.py` (engine only)."
+        "per entity (100k entities in 2 GiB: `entities_100k_within_2GiB` under Targets; the engine alone: "
+        "`benchmarks/bench_entities.py`)."
         + (f" Peak RSS of the references: ceiling {(ceil.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB, "
            f"naive {(naive.get('rss_peak_bytes') or 0) / 2**20:,.0f} MiB." if ceil and naive else ""),
         "",
