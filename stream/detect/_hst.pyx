@@ -377,6 +377,7 @@ cdef class Structure:
     cdef readonly int height
     cdef readonly Py_ssize_t n_internal
     cdef readonly Py_ssize_t n_nodes
+    cdef readonly Py_ssize_t n_entries  # compact masses per slot and tree: 2**height
     cdef readonly tuple feature_names
     cdef readonly object nodes       # NODE_DTYPE [n_trees, n_internal]
     cdef readonly object key         # cache key (or None when not shareable)
@@ -391,6 +392,7 @@ cdef class Structure:
         self.height = height
         self.n_internal = (1 << height) - 1
         self.n_nodes = (1 << (height + 1)) - 1
+        self.n_entries = 1 << height
         self.feature_names = feature_names
         shape = (n_trees, self.n_internal)
         f = np.asarray(feature, dtype=np.int32).reshape(shape)
@@ -502,7 +504,7 @@ cdef class HSTCore:
             raise ValueError("structure does not match n_trees/height")
         if self._names is not None and self._names != st.feature_names:
             raise ValueError(f"structure features {st.feature_names!r} != {self._names!r}")
-        n_e = st.n_internal + 1
+        n_e = st.n_entries
         m = np.zeros((st.n_trees, n_e, 2), dtype=mass_dtype(self.window_size))
         if r is not None:
             m[:, :, 0] = np.reshape(r, (st.n_trees, n_e))
@@ -563,7 +565,7 @@ cdef class HSTCore:
         return n_miss
 
     cdef inline void _after_learn(self) noexcept:
-        cdef Py_ssize_t n = self.n_trees * (self.structure.n_internal + 1)
+        cdef Py_ssize_t n = self.n_trees * self.structure.n_entries
         self.counter += 1
         if self.counter == self.window_size:
             if self._kind == 0:
@@ -580,13 +582,13 @@ cdef class HSTCore:
         cdef double s
         if self._kind == 0:
             s = _score_row(st._nodes, <uint8_t*> self._base, self._ri, self.n_trees,
-                           st.n_internal, st.n_internal + 1, self.height, self._size_limit, xs, miss)
+                           st.n_internal, st.n_entries, self.height, self._size_limit, xs, miss)
         elif self._kind == 1:
             s = _score_row(st._nodes, <uint16_t*> self._base, self._ri, self.n_trees,
-                           st.n_internal, st.n_internal + 1, self.height, self._size_limit, xs, miss)
+                           st.n_internal, st.n_entries, self.height, self._size_limit, xs, miss)
         else:
             s = _score_row(st._nodes, <uint32_t*> self._base, self._ri, self.n_trees,
-                           st.n_internal, st.n_internal + 1, self.height, self._size_limit, xs, miss)
+                           st.n_internal, st.n_entries, self.height, self._size_limit, xs, miss)
         return 1.0 - s / self._max_score
 
     cdef double _score_learn_buf(self, const double* xs, const uint8_t* miss,
@@ -596,15 +598,15 @@ cdef class HSTCore:
         cdef double s
         if self._kind == 0:
             s = _score_learn_row(st._nodes, <uint8_t*> self._base, self._ri, self.n_trees,
-                                 st.n_internal, st.n_internal + 1, self.height, self._size_limit,
+                                 st.n_internal, st.n_entries, self.height, self._size_limit,
                                  score, xs, miss)
         elif self._kind == 1:
             s = _score_learn_row(st._nodes, <uint16_t*> self._base, self._ri, self.n_trees,
-                                 st.n_internal, st.n_internal + 1, self.height, self._size_limit,
+                                 st.n_internal, st.n_entries, self.height, self._size_limit,
                                  score, xs, miss)
         else:
             s = _score_learn_row(st._nodes, <uint32_t*> self._base, self._ri, self.n_trees,
-                                 st.n_internal, st.n_internal + 1, self.height, self._size_limit,
+                                 st.n_internal, st.n_entries, self.height, self._size_limit,
                                  score, xs, miss)
         self._after_learn()
         return 1.0 - s / self._max_score if score else 0.0
@@ -686,15 +688,15 @@ cdef class HSTCore:
         cdef double size_limit = self._size_limit, max_score = self._max_score
         with nogil:
             if kind == 0:
-                _run_many(st._nodes, <uint8_t*> base, n_trees, st.n_internal, st.n_internal + 1,
+                _run_many(st._nodes, <uint8_t*> base, n_trees, st.n_internal, st.n_entries,
                           height, size_limit, max_score, ws, xp, mp, n_rows, n_cols, op, &ri,
                           &counter, &fw)
             elif kind == 1:
-                _run_many(st._nodes, <uint16_t*> base, n_trees, st.n_internal, st.n_internal + 1,
+                _run_many(st._nodes, <uint16_t*> base, n_trees, st.n_internal, st.n_entries,
                           height, size_limit, max_score, ws, xp, mp, n_rows, n_cols, op, &ri,
                           &counter, &fw)
             else:
-                _run_many(st._nodes, <uint32_t*> base, n_trees, st.n_internal, st.n_internal + 1,
+                _run_many(st._nodes, <uint32_t*> base, n_trees, st.n_internal, st.n_entries,
                           height, size_limit, max_score, ws, xp, mp, n_rows, n_cols, op, &ri,
                           &counter, &fw)
         self._ri = ri

@@ -143,11 +143,6 @@ def build_structure(feature_names: Iterable, n_trees: int = 10, height: int = 8,
     return st
 
 
-def _consistent(mass, height: int) -> bool:
-    """No compact mass larger than its node's (else a right child's mass would be negative)."""
-    return all(compact_consistent(c, height) for c in mass)
-
-
 _STR_ONLY = frozenset((str,))
 
 
@@ -353,7 +348,7 @@ class HalfSpaceTrees(_hst.HSTCore):
             mass = mass.reshape(2, n_trees, per)
             if version == 1:  # river's per-node masses: keep the root and the left children
                 mass = np.stack([compact_masses(mass[0], height), compact_masses(mass[1], height)])
-            elif not _consistent(mass, height):
+            elif not all(compact_consistent(c, height) for c in mass):
                 raise ValueError("inconsistent masses in HalfSpaceTrees state (a left child "
                                  "heavier than its parent)")
             names = tuple(names)
