@@ -89,6 +89,7 @@ def main(argv=None) -> None:
     batched = len(inspect.signature(Router.route).parameters) == 2
     compiled = hasattr(Router, "add_message")
     rows_api = hasattr(Detector, "ingest_rows") and not args.row_by_row
+    chunks_api = hasattr(Detector, "ingest_chunks") and not args.row_by_row
     try:
         from stream.worker import pack_state as pack
     except ImportError:
@@ -103,13 +104,21 @@ def main(argv=None) -> None:
         for i, raw in enumerate(feed.values):
             sp, so = i % args.lanes, i
             if compiled:  # the worker's path: decode, validate and route in one (compiled) pass
-                out: dict = {}
+                out = router.outbox() if hasattr(router, "outbox") else {}
                 router.add_message(raw, sp, so, out, max_bytes=10**7, max_batch=10**5)
                 routed = router.encode(out)
             else:
                 good, _bad = decode_metrics(raw, max_bytes=10**7, max_batch=10**5)
                 routed = router.route([(sp, so, good)]) if batched else router.route(good, sp, so)
             for lane, payload in routed.items():
+                if chunks_api:  # the worker's path: columns, one call per entity and message
+                    for eid, (labels, chunks) in decode_payload(payload, None, columns=True).items():
+                        det = dets[eid.split("/", 1)[0]]
+                        alerts, folded = det.ingest_chunks(eid, labels, chunks, lane)
+                        n_alerts += len(alerts)
+                        if folded:
+                            dirty[eid] = det
+                    continue
                 if batched:
                     items = [(eid, labels, csp, cso, rows) for eid, (labels, chunks) in
                              decode_payload(payload, None).items() for csp, cso, rows in chunks]

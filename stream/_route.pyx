@@ -12,7 +12,18 @@ order of an entity's samples is the order of the batch. ``tests/unit/test_routin
 this function to ``decode_metrics`` + :meth:`Router.group` (the reference) on generated
 batches, good and bad mixed.
 """
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite
+from libc.stdint cimport int32_t, int64_t, uint32_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+
+import sys
+
+import orjson
+
+from stream.detect._window cimport Rows
 
 cdef double _MAX_EXACT_INT = 9007199254740992.0  # 2 ** 53
 
@@ -34,16 +45,15 @@ cdef inline bint _num(object v, bint ts):
     return False
 
 
-def route_items(list items, int src_p, object src_o, double max_ts, dict cache, dict out, object slow):
-    """Route the samples of one message (``items``: its decoded sample objects) into ``out``.
-
-    ``out``: partition -> {entity id: [entity labels, [[source partition, source offset, rows], ...]]}
-    (rows ``(metric, ts, value)``), shared by the messages of one batch. Returns the number of
-    samples routed here; ``slow`` is called for every other item.
+def route_items(list items, int src_p, long long src_o, double max_ts, dict cache, Outbox out, object slow):
+    """Route the samples of one message (``items``: its decoded sample objects) into ``out``
+    (shared by the messages of one batch). Returns the number of samples routed here; ``slow``
+    is called for every other item.
     """
     cdef Py_ssize_t i, n = len(items), n_fast = 0
     cdef object prev_labels = None, by_metric = None
-    cdef object item, labels, metric, value, ts, hit, row, ents, ent, chunks, last
+    cdef object item, labels, metric, value, ts, hit
+    cdef tuple target
     cdef double v, t
     cdef Py_ssize_t size
     for i in range(n):
@@ -90,21 +100,298 @@ def route_items(list items, int src_p, object src_o, double max_ts, dict cache, 
         if not (isfinite(v) and isfinite(t) and t >= 0.0 and t <= max_ts):
             slow(i, item)
             continue
-        # floats as decoded are kept (no new objects); ints become floats, as Sample makes them
-        row = (metric, ts if type(ts) is float else t, value if type(value) is float else v)
-        for eid, elabels, p in <list>hit:
-            ents = out.get(p)
-            if ents is None:
-                ents = out[p] = {}
-            ent = (<dict>ents).get(eid)
-            if ent is None:
-                (<dict>ents)[eid] = [elabels, [[src_p, src_o, [row]]]]
-                continue
-            chunks = (<list>ent)[1]
-            last = (<list>chunks)[len(<list>chunks) - 1]  # (wraparound is off: no [-1])
-            if (<list>last)[1] == src_o and (<list>last)[0] == src_p:
-                (<list>(<list>last)[2]).append(row)
-            else:
-                (<list>chunks).append([src_p, src_o, [row]])
+        for target in <list>hit:  # (entity id, entity labels, partition, labels as JSON)
+            out.add(<int>target[2], target[0], target[3], metric, src_p, src_o, t, v)
         n_fast += 1
     return n_fast
+
+
+# ------------------------------------------------------------------ internal message, version 4
+# One record per (sample, target entity), in arrival order: 40 bytes, native little-endian (the
+# workers of one deployment run on one architecture; x86-64 and arm64 are both little-endian).
+cdef struct Rec:
+    uint32_t ent      # index into the message's entity table
+    uint32_t metric   # index into its string table
+    int32_t src_p     # source (input) partition
+    int32_t _pad
+    int64_t src_o     # source offset
+    double ts
+    double value
+
+VERSION_TAG = b"\x04"  # first byte of a version-4 message (JSON ones start with '{' or '[')
+
+
+cdef class _Part:
+    """The records for one destination partition and its string and entity tables."""
+    cdef Rec* recs
+    cdef Py_ssize_t n, cap
+    cdef dict str_idx   # str or bytes -> index
+    cdef list strs
+    cdef dict ent_idx   # entity id -> index
+    cdef list ents      # (entity id's string index, labels' string index)
+
+    def __cinit__(self):
+        self.recs = NULL
+        self.n = self.cap = 0
+        self.str_idx = {}
+        self.strs = []
+        self.ent_idx = {}
+        self.ents = []
+
+    def __dealloc__(self):
+        free(self.recs)
+
+    cdef uint32_t _str(self, object s) except? 0xFFFFFFFF:
+        cdef object i = self.str_idx.get(s)
+        if i is None:
+            i = len(self.strs)
+            self.strs.append(s)
+            self.str_idx[s] = i
+        return <uint32_t>i
+
+    cdef int add(self, object eid, object ljson, object metric, int32_t src_p, int64_t src_o,
+                 double ts, double value) except -1:
+        cdef object e = self.ent_idx.get(eid)
+        cdef Rec* r
+        cdef Py_ssize_t cap
+        if e is None:
+            e = len(self.ents)
+            self.ents.append((self._str(eid), self._str(ljson)))
+            self.ent_idx[eid] = e
+        if self.n == self.cap:
+            cap = 64 if self.cap == 0 else self.cap * 2
+            r = <Rec*>realloc(self.recs, cap * sizeof(Rec))
+            if r == NULL:
+                raise MemoryError()
+            self.recs, self.cap = r, cap
+        r = &self.recs[self.n]
+        r.ent = <uint32_t>e
+        r.metric = self._str(metric)
+        r.src_p = src_p
+        r._pad = 0
+        r.src_o = src_o
+        r.ts = ts
+        r.value = value
+        self.n += 1
+        return 0
+
+    cdef bytes encode(self):
+        # tag | u32 n_strings | (u32 len, bytes)* | u32 n_entities | (u32 id, u32 labels)* |
+        # u32 n_records | 4 bytes padding to 8 | Rec*
+        cdef list raw = []
+        cdef Py_ssize_t size = 1 + 4, ln, pos
+        cdef const char* p
+        cdef object s
+        for s in self.strs:
+            if type(s) is str:
+                s = (<str>s).encode("utf-8")
+            raw.append(s)
+            size += 4 + len(<bytes>s)
+        size += 4 + 8 * len(self.ents) + 4
+        pos = size
+        size += (8 - size % 8) % 8 + self.n * sizeof(Rec)  # (C division: no negative modulo)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+        cdef char* buf = PyBytes_AS_STRING(out)
+        cdef uint32_t u
+        cdef Py_ssize_t at = 0
+        buf[0] = 4
+        at = 1
+        u = len(raw)
+        memcpy(buf + at, &u, 4); at += 4
+        for s in raw:
+            ln = len(<bytes>s)
+            u = <uint32_t>ln
+            memcpy(buf + at, &u, 4); at += 4
+            memcpy(buf + at, PyBytes_AS_STRING(<bytes>s), ln); at += ln
+        u = len(self.ents)
+        memcpy(buf + at, &u, 4); at += 4
+        cdef tuple et
+        for et in self.ents:
+            u = <uint32_t>et[0]
+            memcpy(buf + at, &u, 4); at += 4
+            u = <uint32_t>et[1]
+            memcpy(buf + at, &u, 4); at += 4
+        u = <uint32_t>self.n
+        memcpy(buf + at, &u, 4); at += 4
+        while at % 8:
+            buf[at] = 0
+            at += 1
+        memcpy(buf + at, self.recs, self.n * sizeof(Rec))
+        return out
+
+
+cdef class Outbox:
+    """The internal messages of one ingest batch being built: per destination partition, every
+    routed sample as a fixed-size record (version 4 of the internal message; see
+    :mod:`stream.routing`). Appending a sample copies two doubles and two table indices; no
+    Python object is made per sample, and :meth:`encode` copies the records out in one piece
+    (the version-3 JSON built a list and a tuple per sample and formatted every float)."""
+    cdef dict parts
+    cdef public Py_ssize_t samples
+
+    def __cinit__(self):
+        self.parts = {}
+        self.samples = 0
+
+    def __len__(self):
+        return len(self.parts)
+
+    cdef int add(self, int p, object eid, object ljson, object metric, int32_t src_p, int64_t src_o,
+                 double ts, double value) except -1:
+        cdef object part = self.parts.get(p)
+        if part is None:
+            part = self.parts[p] = _Part()
+        (<_Part>part).add(eid, ljson, metric, src_p, src_o, ts, value)
+        self.samples += 1
+        return 0
+
+    def append(self, int p, str eid, bytes ljson, str metric, int src_p, long long src_o, double ts, double value):
+        """Add one sample for the entity ``eid`` (labels ``ljson``, its labels as JSON) on partition ``p``."""
+        self.add(p, eid, ljson, metric, src_p, src_o, ts, value)
+
+    def encode(self):
+        """partition -> the internal message (version 4) for it."""
+        return {p: (<_Part>part).encode() for p, part in self.parts.items()}
+
+
+cdef inline uint32_t _u32(const char* buf, Py_ssize_t at, Py_ssize_t size) except? 0xFFFFFFFF:
+    cdef uint32_t u
+    if at + 4 > size:
+        raise ValueError("truncated internal message")
+    memcpy(&u, buf + at, 4)
+    return u
+
+
+def decode_v4(bytes raw, bint columns=False):
+    """``{entity id: (entity labels, [[source partition, source offset, rows], ...])}`` of a
+    version-4 internal message; rows ``(metric, ts, value)``, an entity's in arrival order and
+    grouped by source message as version 3 had them: a list of tuples, or with ``columns`` a
+    :class:`stream.detect._window.Rows` (the worker's path: no object per sample)."""
+    cdef const char* buf = PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t size = len(raw), at = 1, i, ln
+    cdef uint32_t n_str, n_ent, n_rec, ei, li
+    if size < 1 or buf[0] != 4:
+        raise ValueError("not a version-4 internal message")
+    n_str = _u32(buf, at, size); at += 4
+    cdef list strs = []
+    for i in range(n_str):
+        ln = _u32(buf, at, size); at += 4
+        if at + ln > size:
+            raise ValueError("truncated internal message")
+        strs.append(raw[at:at + ln])
+        at += ln
+    n_ent = _u32(buf, at, size); at += 4
+    cdef list ents = []       # per entity index: [labels, chunks]
+    cdef list ids = []
+    cdef dict out = {}
+    cdef object eid, ent, metric
+    cdef list names = [None] * n_str   # decoded strings (metrics, entity ids), on first use
+    for i in range(n_ent):
+        ei = _u32(buf, at, size); at += 4
+        li = _u32(buf, at, size); at += 4
+        if ei >= n_str or li >= n_str:
+            raise ValueError("bad string index in internal message")
+        eid = sys.intern((<bytes>strs[ei]).decode("utf-8"))
+        ent = [orjson.loads(strs[li]), []]
+        ids.append(eid)
+        ents.append(ent)
+    n_rec = _u32(buf, at, size); at += 4
+    at += (8 - at % 8) % 8
+    if at + <Py_ssize_t>n_rec * <Py_ssize_t>sizeof(Rec) != size:
+        raise ValueError("internal message size does not match its record count")
+    cdef const Rec* recs = <const Rec*>(buf + at)
+    cdef const Rec* r
+    cdef list chunks, last
+    if columns:
+        _columns(recs, n_rec, n_ent, n_str, strs, names, ents)
+        for i in range(n_ent):
+            ent = ents[i]
+            out[ids[i]] = (ent[0], ent[1])
+        return out
+    for i in range(n_rec):
+        r = &recs[i]
+        if r.ent >= n_ent or r.metric >= n_str:
+            raise ValueError("bad index in internal message record")
+        metric = names[r.metric]
+        if metric is None:
+            metric = names[r.metric] = sys.intern((<bytes>strs[r.metric]).decode("utf-8"))
+        chunks = (<list>ents[r.ent])[1]
+        if chunks:
+            last = chunks[len(chunks) - 1]
+            if last[1] == r.src_o and last[0] == r.src_p:
+                (<list>last[2]).append((metric, r.ts, r.value))
+                continue
+        chunks.append([r.src_p, r.src_o, [(metric, r.ts, r.value)]])
+    for i in range(n_ent):
+        ent = ents[i]
+        out[ids[i]] = (ent[0], ent[1])
+    return out
+
+
+cdef int _columns(const Rec* recs, uint32_t n_rec, uint32_t n_ent, uint32_t n_str, list strs, list names,
+                  list ents) except -1:
+    """Fill each entity's chunks (``ents[e][1]``) with :class:`Rows` over columns sorted by entity
+    (a stable counting sort: an entity's rows stay in arrival order)."""
+    cdef Py_ssize_t i, e, pos
+    cdef const Rec* r
+    cdef Py_ssize_t* offs = <Py_ssize_t*> malloc((n_ent + 1) * sizeof(Py_ssize_t))
+    cdef Py_ssize_t* ends = <Py_ssize_t*> malloc((n_ent + 1) * sizeof(Py_ssize_t))
+    cdef int32_t* last_p = <int32_t*> malloc((n_ent + 1) * sizeof(int32_t))
+    cdef int64_t* last_o = <int64_t*> malloc((n_ent + 1) * sizeof(int64_t))
+    cdef bytes owner
+    cdef double* ts
+    cdef double* val
+    cdef list metrics, chunks, c
+    cdef object metric
+    cdef Rows rows
+    if offs == NULL or ends == NULL or last_p == NULL or last_o == NULL:
+        free(offs); free(ends); free(last_p); free(last_o)
+        raise MemoryError()
+    try:
+        for e in range(n_ent):
+            offs[e] = 0
+        for i in range(n_rec):
+            r = &recs[i]
+            if r.ent >= n_ent or r.metric >= n_str:
+                raise ValueError("bad index in internal message record")
+            offs[r.ent] += 1
+        pos = 0
+        for e in range(n_ent):  # counts -> start of each entity's rows
+            pos, offs[e] = pos + offs[e], pos
+            ends[e] = pos
+        owner = PyBytes_FromStringAndSize(NULL, 2 * n_rec * sizeof(double) + 8)  # (filled here, then read-only)
+        ts = <double*> PyBytes_AS_STRING(owner)
+        val = ts + n_rec
+        metrics = [None] * n_rec
+        for i in range(n_rec):
+            r = &recs[i]
+            e = r.ent
+            pos = offs[e]
+            offs[e] = pos + 1
+            metric = names[r.metric]
+            if metric is None:
+                metric = names[r.metric] = sys.intern((<bytes>strs[r.metric]).decode("utf-8"))
+            metrics[pos] = metric
+            ts[pos] = r.ts
+            val[pos] = r.value
+            chunks = (<list>ents[e])[1]
+            if not chunks or last_p[e] != r.src_p or last_o[e] != r.src_o:
+                chunks.append([r.src_p, r.src_o, pos])  # (the start; a Rows below)
+                last_p[e] = r.src_p
+                last_o[e] = r.src_o
+        for e in range(n_ent):
+            chunks = (<list>ents[e])[1]
+            for i in range(len(chunks)):
+                c = chunks[i]
+                pos = c[2]
+                rows = Rows.__new__(Rows)
+                rows.owner = owner
+                rows.metrics = metrics
+                rows.ts = ts
+                rows.value = val
+                rows.start = pos
+                rows.n = (<Py_ssize_t>(<list>chunks[i + 1])[2] if i + 1 < len(chunks) else ends[e]) - pos
+                c[2] = rows
+    finally:
+        free(offs); free(ends); free(last_p); free(last_o)
+    return 0

@@ -281,7 +281,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     batch_max = s.ingest_batch_messages
     batch_bytes = max(s.max_message_bytes, INTERNAL_BATCH_BYTES)
 
-    async def forward(out: dict) -> None:
+    async def forward(out) -> None:
         # one internal message per destination partition for the whole batch (stream.routing)
         for part, payload in router.encode(out).items():
             await entity_topic.send(key=None, value=payload, partition=part)
@@ -293,7 +293,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         # handed its internal messages to the producer, and flushes the producer before committing.
         async for events in stream.take_events(batch_max, within=s.ingest_linger_seconds):
             t0 = time.perf_counter()
-            out: dict = {}
+            out = router.outbox()
             size = 0
             max_ts = time.time() + s.max_future_seconds
             for event in events:
@@ -318,7 +318,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 size += len(raw)
                 if size >= batch_bytes:  # internal messages stay well under the broker's size limit
                     await forward(out)
-                    out, size = {}, 0
+                    out, size = router.outbox(), 0
             if out:
                 await forward(out)
             per_msg = (time.perf_counter() - t0) / max(1, len(events))
@@ -484,7 +484,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 await reread_skipped(event)
             lane = event.message.partition
             try:
-                entities = decode_payload(event.value, event.key)
+                entities = decode_payload(event.value, event.key, columns=True)
             except Exception as exc:  # noqa: BLE001 - only this service writes the internal topic
                 log.error("skipping an unreadable internal message at %s/%d/%d: %s", event.message.topic,
                           lane, event.message.offset, exc)
@@ -502,20 +502,21 @@ def build_app(settings: Settings | None = None) -> faust.App:
                     if stored is not None:  # recovered from the changelog after a restart/rebalance
                         det.import_state(eid, unpack_state(stored))
                 late0 = det.late
-                ingest = det.ingest
-                folded = False
-                for src_part, src_off, rows in chunks:
-                    if det.seen(eid, src_part, src_off):
-                        continue  # already folded in before a crash: at-least-once input, effectively-once state
-                    folded = True
-                    if elabels is None:  # version-1 payload
+                if elabels is not None:  # the entity's chunks (rows of one source message each), in one call
+                    # (the cursor of source offsets skips what the state already holds: at-least-once
+                    # input, effectively-once state)
+                    out, folded = det.ingest_chunks(eid, elabels, chunks, lane)
+                    if out:
+                        alerts += out
+                else:  # version-1 payload
+                    folded = False
+                    for src_part, src_off, rows in chunks:
+                        if det.seen(eid, src_part, src_off):
+                            continue
+                        folded = True
                         for metric, labels, ts, value, part, off in rows:
-                            alerts += ingest(metric, labels, ts, value, offset=off, partition=part, lane=lane)
-                    else:  # the entity's rows of one source message, in one call
-                        out = det.ingest_rows(eid, elabels, rows, offset=src_off, partition=src_part, lane=lane)
-                        if out:
-                            alerts += out
-                    det.advance_cursor(eid, src_part, src_off)
+                            alerts += det.ingest(metric, labels, ts, value, offset=off, partition=part, lane=lane)
+                        det.advance_cursor(eid, src_part, src_off)
                 if not folded:
                     continue
                 late += det.late - late0

@@ -311,6 +311,11 @@ def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, e
     Returns the entity's open window starts (ascending), or None for a late sample (its window
     closed already; not folded in, the caller counts it).
     """
+    return _add_sample(acc, entities, heaps, size, entity, metric, ts, value, offset, partition, lane)
+
+
+cdef object _add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, entity, metric,
+                        double ts, double value, long offset, long partition, lane):
     cdef double q = ts / size
     cdef double start_d
     cdef EntityWindows rec
@@ -349,3 +354,96 @@ def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, e
     _add(<double*> cnp.PyArray_DATA(acc.acc), <double*> cnp.PyArray_DATA(acc.buf), acc.buffer_size,
          slot, ts, value, offset, partition)
     return rec.starts
+
+
+cdef class Rows:
+    """A read-only sequence of ``(metric, ts, value)`` rows held as columns: the samples of one
+    entity from one source message, as the worker decodes them from an internal message
+    (``stream.routing.decode_payload(..., columns=True)``). :func:`fold_rows` reads the columns
+    directly; indexing and iteration give tuples, as a list of rows would."""
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, Py_ssize_t i):
+        if i < 0:
+            i += self.n
+        if i < 0 or i >= self.n:
+            raise IndexError("row index out of range")
+        i += self.start
+        return (self.metrics[i], self.ts[i], self.value[i])
+
+    def __iter__(self):
+        cdef Py_ssize_t i
+        for i in range(self.start, self.start + self.n):
+            yield (self.metrics[i], self.ts[i], self.value[i])
+
+    def __eq__(self, other):
+        try:
+            return len(other) == self.n and all(tuple(a) == tuple(b) for a, b in zip(self, other))
+        except TypeError:
+            return NotImplemented
+
+    def __repr__(self):
+        return f"Rows({list(self)!r})"
+
+
+def fold_rows(WindowAccumulators acc, dict entities, dict heaps, double size, double lateness,
+              double gap_span, entity, dict mlast, double last_seen, bint gap_open, rows,
+              Py_ssize_t i, long offset, long partition, lane):
+    """The engine's per-sample loop (``Detector.ingest_rows``) over ``rows[i:]``, compiled, for
+    the samples that need nothing but bookkeeping: the metric's latest time (``mlast``), the
+    entity's latest time and its window accumulators.
+
+    Stops early, returning ``(next index, last_seen, late samples, why)``:
+
+    - ``why == 1``: ``rows[next]`` (untouched) returns after a gap of more than ``gap_span``, or
+      an incident is open (``gap_open``): the engine's Python path takes that sample;
+    - ``why == 2``: the sample before ``next`` let the entity's event time pass the end (plus
+      lateness) of its earliest open window: the engine closes windows, then calls again;
+    - ``why == 0``: every row is folded in.
+
+    ``tests/unit/test_core.py`` holds it to the Python loop (``Detector._fold_py``): the same
+    alerts and state on streams with gaps, late samples and anomalies.
+    """
+    cdef Py_ssize_t n = len(rows), late = 0
+    cdef object row, metric, ts_o, starts
+    cdef PyObject* p
+    cdef double ts, prev, value
+    cdef EntityWindows rec
+    cdef Rows cols = rows if type(rows) is Rows else None
+    cdef list lst = rows if type(rows) is list else None
+    if cols is None and lst is None:
+        raise TypeError("rows must be a list or Rows")
+    while i < n:
+        if cols is not None:
+            metric = cols.metrics[cols.start + i]
+            ts = cols.ts[cols.start + i]
+            value = cols.value[cols.start + i]
+            ts_o = None
+        else:
+            row = lst[i]
+            metric = row[0]
+            ts_o = row[1]
+            ts = ts_o
+            value = row[2]
+        p = PyDict_GetItem(mlast, metric)
+        if p == NULL:
+            mlast[metric] = ts if ts_o is None else ts_o
+        else:
+            prev = <double> <object> p
+            if ts > prev:
+                if gap_open or ts - prev > gap_span:
+                    return i, last_seen, late, 1
+                mlast[metric] = ts if ts_o is None else ts_o
+        if ts > last_seen:
+            last_seen = ts
+        starts = _add_sample(acc, entities, heaps, size, entity, metric, ts, value, offset, partition, lane)
+        if starts is None:
+            late += 1
+            p = PyDict_GetItem(entities, entity)
+            starts = (<EntityWindows> <object> p).starts if p != NULL else None
+        i += 1
+        if starts and <double> (<list> starts)[0] <= last_seen - size - lateness:
+            return i, last_seen, late, 2
+    return i, last_seen, late, 0

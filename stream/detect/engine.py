@@ -57,6 +57,8 @@ from stream.detect.adwin import ADWIN
 from stream.detect.models import make_model, model_from_bytes
 from stream.detect.spec import DetectorSpec
 from stream.detect._window import add_sample as _add_sample
+from stream.detect._window import Rows
+from stream.detect._window import fold_rows as _fold_rows
 from stream.detect.window import ClosedWindow, WindowStore
 
 STATE_VERSION = 2  # 2: per-metric last-seen times, the missing-data incident, the |z| peak (1 still read)
@@ -273,13 +275,72 @@ class Detector:
             ent = self.entities[eid] = _Entity(eid, elabels, lane, self._score_type)
         else:
             eid = ent.id
+        if type(rows) is not list and type(rows) is not Rows:
+            rows = list(rows)
+        out: list[dict] = []
+        windows = self.windows
+        acc, wents, heaps, size, lateness = windows.acc, windows.entities, windows.heaps, windows.size, windows.lateness
+        gap_span = self._gap_span
+        watching = self._watching
+        fold_py = self._fold_py
+        i, n = 0, len(rows)
+        # the compiled loop (stream.detect._window.fold_rows) folds samples in until one needs the
+        # Python path (a metric returning from a long gap, an entity to watch for silence) or
+        # closes windows; the result is the Python loop's (_fold_py), sample for sample
+        while i < n:
+            if ent.watch is None and watching:
+                out += fold_py(ent, rows, i, i + 1, offset, partition, lane)
+                i += 1
+                continue
+            i, ent.last_seen, late, why = _fold_rows(acc, wents, heaps, size, lateness, gap_span, eid, ent.mlast,
+                                                     ent.last_seen, ent.gap is not None, rows, i, offset,
+                                                     partition, lane)
+            if late:
+                windows.late += late
+                self.late += late
+            if why == 1:
+                out += fold_py(ent, rows, i, i + 1, offset, partition, lane)
+                i += 1
+            elif why == 2:
+                out += self._emit(windows.close_entity(eid, ent.last_seen))
+        return out
+
+    def ingest_chunks(self, eid: str, elabels: dict[str, str], chunks: Iterable[Sequence], lane: int = 0) -> tuple[list[dict], bool]:
+        """:meth:`ingest_rows` for each chunk ``(source partition, source offset, rows)`` of one
+        entity (an internal message's, in order), skipping the chunks the entity already folded
+        in (:meth:`seen`) and advancing its cursor; returns ``(alerts, whether any was folded)``.
+        The worker's path: one call per entity and internal message."""
+        alerts: list[dict] = []
+        folded = False
+        ent = self.entities.get(eid)
+        for src_p, src_o, rows in chunks:
+            if ent is not None:
+                cursor = ent.cursor
+                if src_o <= cursor.get(src_p, -1):
+                    continue  # already folded in before a crash: at-least-once input, effectively-once state
+            out = self.ingest_rows(eid, elabels, rows, offset=src_o, partition=src_p, lane=lane)
+            if out:
+                alerts += out
+            if ent is None:
+                ent = self.entities[eid]
+                cursor = ent.cursor
+            if src_o > cursor.get(src_p, -1):
+                cursor[src_p] = src_o
+            folded = True
+        return alerts, folded
+
+    def _fold_py(self, ent: _Entity, rows: Sequence, i: int, j: int, offset: int, partition: int, lane: int) -> list[dict]:
+        """The per-sample loop of :meth:`ingest_rows` in Python, over ``rows[i:j]``: the path of
+        samples the compiled loop hands back, and its reference in the tests."""
+        eid = ent.id
         out: list[dict] = []
         mlast = ent.mlast
         windows = self.windows
         acc, wents, heaps, size, lateness = windows.acc, windows.entities, windows.heaps, windows.size, windows.lateness
         gap_span = self._gap_span
         watching = self._watching
-        for metric, ts, value in rows:
+        for k in range(i, j):
+            metric, ts, value = rows[k]
             prev = mlast.get(metric)
             if prev is None:
                 mlast[metric] = ts

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import orjson
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings as hsettings, strategies as st
 
@@ -11,7 +12,7 @@ from stream import events
 from stream.detect.engine import Detector
 from stream.detect.spec import DetectorSpec
 from stream.events import Sample, decode_metrics
-from stream.routing import Router, decode_payload, partition_for
+from stream.routing import Router, decode_payload, nested, partition_for
 
 
 def _samples(n_hosts: int, metrics=("cpu", "mem"), ts=60.0):
@@ -72,6 +73,31 @@ def test_version_2_payloads_are_still_read():
     assert decode_payload(raw, None) == {"hosts/host=a": ({"host": "a"}, [[1, 7, [["cpu", 60.0, 1.5]]]])}
 
 
+def test_version_3_payloads_are_still_read():
+    raw = orjson.dumps({"v": 3, "e": {"hosts/host=a": [{"host": "a"}, [[1, 7, [["cpu", 60.0, 1.5]]], [0, 9, [["mem", 61.0, 2.0]]]]]}})
+    assert decode_payload(raw, None) == {"hosts/host=a": ({"host": "a"}, [[1, 7, [["cpu", 60.0, 1.5]]],
+                                                                         [0, 9, [["mem", 61.0, 2.0]]]])}
+
+
+def test_version_4_keeps_every_string_exact_and_rejects_a_damaged_message():
+    out = Router.outbox()
+    labels = {"host": "naïve-ü", "dc": "东京"}
+    out.append(2, "hosts/host=naïve-ü", orjson.dumps(labels), "latency_µs", 1, 2**40, 1.5e9, -0.25)
+    out.append(2, "hosts/host=naïve-ü", orjson.dumps(labels), "latency_µs", 1, 2**40, 1.5e9 + 30, float("nan"))
+    out.append(2, "dcs/dc=东京", orjson.dumps({"dc": "东京"}), "latency_µs", 0, 5, 1.5e9, 7.0)
+    assert len(out) == 1 and out.samples == 3
+    raw = out.encode()[2]
+    got = decode_payload(raw, None)
+    assert list(got) == ["hosts/host=naïve-ü", "dcs/dc=东京"]
+    lab, chunks = got["hosts/host=naïve-ü"]
+    assert lab == labels and [(p, o) for p, o, _ in chunks] == [(1, 2**40)]
+    assert chunks[0][2][0] == ("latency_µs", 1.5e9, -0.25) and math.isnan(chunks[0][2][1][2])
+    assert got["dcs/dc=东京"] == ({"dc": "东京"}, [[0, 5, [("latency_µs", 1.5e9, 7.0)]]])
+    for bad in (raw[:-1], raw[:20], raw + b"\0" * 8, b"\x04"):
+        with pytest.raises(ValueError):
+            decode_payload(bad, None)
+
+
 def test_a_batch_of_input_messages_becomes_one_message_per_partition_with_each_source_kept_apart():
     det = Detector(DetectorSpec(name="hosts", group_by=("host",)))
     router = Router({"hosts": det}, partitions=4)
@@ -91,7 +117,7 @@ def test_a_batch_of_input_messages_becomes_one_message_per_partition_with_each_s
     for eid, chunks in got.items():  # each source message is its own chunk, in arrival order
         assert [(p, o) for p, o, _ in chunks] == [(off % 2, 100 + off) for off in range(10)]
         h = float(eid.split("=h")[1])
-        assert [rows for _, _, rows in chunks] == [[["cpu", 60.0 * off, h], ["mem", 60.0 * off, h]]
+        assert [rows for _, _, rows in chunks] == [[("cpu", 60.0 * off, h), ("mem", 60.0 * off, h)]
                                                    for off in range(10)]
 
 
@@ -192,7 +218,7 @@ def test_compiled_decode_and_route_equals_decode_metrics_then_group(msgs, max_ts
     fast_router, ref_router = Router(detectors, partitions=4), Router(detectors, partitions=4)
     raws = [_raw(m) for m in msgs]
     for _round in range(2):  # the second round runs with every valid series cached
-        out: dict = {}
+        out = fast_router.outbox()
         got_bad, ref_bad, ref_batch, n_fast = [], [], [], 0
         for off, raw in enumerate(raws):
             n, bad = fast_router.add_message(raw, off % 3, off, out, max_bytes=1 << 20, max_batch=5, max_ts=max_ts)
@@ -203,8 +229,12 @@ def test_compiled_decode_and_route_equals_decode_metrics_then_group(msgs, max_ts
             ref_bad += [(off, r.reason, r.error, r.original, r.batch_index) for r in rbad]
         assert got_bad == ref_bad
         assert n_fast == sum(len(g) for _p, _o, g in ref_batch)
-        assert out == ref_router.group(ref_batch)
-        assert Router.encode(out) == ref_router.route(ref_batch)
+        assert nested(out) == ref_router.group(ref_batch)
+        assert Router.encode(out) == ref_router.route(ref_batch)  # the same bytes either way
+        for raw in Router.encode(out).values():  # the worker's columns hold the same rows
+            cols = decode_payload(raw, None, columns=True)
+            assert {eid: (lab, [[p, o, list(rows)] for p, o, rows in chunks]) for eid, (lab, chunks) in cols.items()} \
+                == decode_payload(raw, None)
 
 
 def test_samples_of_series_seen_valid_take_the_compiled_path(monkeypatch):
@@ -215,29 +245,29 @@ def test_samples_of_series_seen_valid_take_the_compiled_path(monkeypatch):
     monkeypatch.setattr(routing, "route_items", lambda *a: calls.append(real(*a)) or calls[-1])
     router = Router({"hosts": Detector(DetectorSpec(name="hosts", group_by=("host",)))}, partitions=4)
     raw = orjson.dumps({"samples": _samples(20)})
-    first, second = {}, {}
+    first, second = router.outbox(), router.outbox()
     assert router.add_message(raw, 0, 1, first, max_bytes=1 << 20, max_batch=100) == (40, [])
     assert router.add_message(raw, 0, 1, second, max_bytes=1 << 20, max_batch=100) == (40, [])
     assert calls == [0, 40]  # first sight: all by the Python path; then all compiled
-    assert first == second
+    assert first.encode() == second.encode()
 
 
 def test_the_route_cache_is_per_label_set_and_metric_and_a_bad_sample_between_good_ones_is_rejected():
     router = Router({"hosts": Detector(DetectorSpec(name="hosts", group_by=("host",)))}, partitions=4)
     lab, rev = {"host": "a", "dc": "x"}, {"dc": "x", "host": "a"}
     first = {"samples": [{"metric": "cpu", "labels": lab, "value": 1.0, "ts": 60.0}]}
-    assert router.add_message(orjson.dumps(first), 0, 1, {}, max_bytes=1 << 20, max_batch=10) == (1, [])
+    assert router.add_message(orjson.dumps(first), 0, 1, router.outbox(), max_bytes=1 << 20, max_batch=10) == (1, [])
     assert router._fast_n == 1 and len(router._fast) == 1  # one label set, one metric
     batch = {"samples": [{"metric": "cpu", "labels": rev, "value": 2.0, "ts": 61.0},
                          {"metric": "cpu", "labels": lab, "value": "x", "ts": 62.0},  # same labels, bad value
                          {"metric": "mem", "labels": lab, "value": 3, "ts": 63},  # new metric, same labels
                          {"metric": "cpu", "labels": lab, "value": 4.0, "ts": 64.0}]}
-    out: dict = {}
+    out = router.outbox()
     n, bad = router.add_message(orjson.dumps(batch), 0, 2, out, max_bytes=1 << 20, max_batch=10)
     assert n == 3 and [(r.reason, r.batch_index) for r in bad] == [("non_numeric", 1)]
     # the reversed order got its own key (same series, same targets), "mem" joined the first one
     assert router._fast_n == 3 and len(router._fast) == 2
-    (part, ents), = out.items()
+    (part, ents), = nested(out).items()
     assert ents == {"hosts/host=a": [{"host": "a"}, [[0, 2, [("cpu", 61.0, 2.0), ("mem", 63.0, 3.0),
                                                               ("cpu", 64.0, 4.0)]]]]}
 
@@ -248,7 +278,7 @@ def test_the_series_of_one_entity_share_its_targets_and_the_cache_stays_bounded(
     router = Router(dets, partitions=4, cache_max=6)
     samples = [{"metric": m, "labels": {"host": h, "dc": "x"}, "value": 1.0, "ts": 60.0}
                for h in ("a", "b") for m in ("cpu", "mem", "disk")]
-    out: dict = {}
+    out = router.outbox()
     assert router.add_message(orjson.dumps({"samples": samples}), 0, 1, out, max_bytes=1 << 20,
                               max_batch=100) == (6, [])
     by_metric = router._fast[(("host", "a"), ("dc", "x"))]
@@ -262,7 +292,7 @@ def test_the_series_of_one_entity_share_its_targets_and_the_cache_stays_bounded(
     # the 7th series clears the cache (bounded: a label-cardinality explosion must not grow it);
     # routing stays right, and the series is cached again
     seventh = {"samples": [{"metric": "net", "labels": {"host": "c", "dc": "x"}, "value": 2.0, "ts": 61.0}]}
-    out = {}
+    out = router.outbox()
     assert router.add_message(orjson.dumps(seventh), 0, 2, out, max_bytes=1 << 20, max_batch=10) == (1, [])
     assert router._fast_n == 1 and len(router._hit) == 2
-    assert sorted(e for ents in out.values() for e in ents) == ["dcs/dc=x", "hosts/host=c"]
+    assert sorted(e for ents in nested(out).values() for e in ents) == ["dcs/dc=x", "hosts/host=c"]
