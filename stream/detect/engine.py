@@ -61,8 +61,9 @@ from stream.detect._window import Rows
 from stream.detect._window import fold_rows as _fold_rows
 from stream.detect.window import ClosedWindow, WindowStore
 
-STATE_VERSION = 2  # 2: per-metric last-seen times, the missing-data incident, the |z| peak (1 still read)
-_READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3  # 3: baseline and score history as binary sections (2 and 1 still read)
+# 2: per-metric last-seen times, the missing-data incident, the |z| peak
+_READABLE_VERSIONS = (1, 2, 3)
 _Z_SCALE = 8.0  # z in [-4, 4] maps onto [0, 1] for the trees
 _RESOLVE_P = 1e-3  # a window counts as normal again when its distance from baseline is this probable
 # features left out of the single-feature |z| path: sample presence is the gap logic's business
@@ -854,43 +855,69 @@ class Detector:
 
     # ------------------------------------------------------------------ durable state
     def export_state(self, eid: str) -> bytes:
-        """The entity's whole state (open windows, baseline, model, threshold, drift, lifecycle), versioned."""
+        """The entity's whole state (open windows, baseline, model, threshold, drift, lifecycle), versioned.
+
+        Version 3: ``[3] | u32 n | JSON head | u32 m | model | u32 b | baseline | u32 s | scores | ADWINs``
+        (lengths big-endian). The head holds the lifecycle, the open windows and the baseline's
+        feature keys; the baseline's means and variances (float64) and the score history (its
+        array's bytes, float32 or float64 as ``head["score_type"]`` says) are binary: as JSON
+        numbers, formatting them was most of the export's time. Native byte order (little-endian
+        on every platform this runs on), as for the internal messages.
+        """
         import pickle
 
         ent = self.entities[eid]
+        keys, base = ent.base.state()
+        scores = ent.scores
         body = {
-            "labels": ent.labels, "lane": ent.lane, "mean": ent.base.mean_dict(), "var": ent.base.var_dict(), "n_normal": ent.n_normal,
-            "n_windows": ent.n_windows, "scores": list(ent.scores), "expected": ent.expected,
+            "labels": ent.labels, "lane": ent.lane, "keys": keys, "n_normal": ent.n_normal,
+            "n_windows": ent.n_windows, "score_type": scores.typecode, "expected": ent.expected,
             "incident": ent.incident, "normal_streak": ent.normal_streak,
             "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
             "last_end": ent.last_end if math.isfinite(ent.last_end) else None,
             "last_seen": ent.last_seen if math.isfinite(ent.last_seen) else None,
             "metrics": sorted(ent.mlast), "windows": self.windows.export_entity(eid),
             "cursor": {str(k): v for k, v in ent.cursor.items()},
-            # version 2
             "mlast": ent.mlast, "mwin": ent.mwin, "gap": ent.gap, "zpeak": ent.zpeak,
         }
         model = ent.model.to_bytes() if ent.model is not None else b""
         adw = pickle.dumps(ent.adwins, protocol=5) if ent.adwins else b""
         head = orjson.dumps(body)
-        return bytes([STATE_VERSION]) + len(head).to_bytes(4, "big") + head + len(model).to_bytes(4, "big") + model + adw
+        sb = scores.tobytes()
+        return b"".join((bytes([STATE_VERSION]), len(head).to_bytes(4, "big"), head, len(model).to_bytes(4, "big"), model,
+                         len(base).to_bytes(4, "big"), base, len(sb).to_bytes(4, "big"), sb, adw))
 
     def import_state(self, eid: str, data: bytes) -> None:
         import pickle
 
         if not data or data[0] not in _READABLE_VERSIONS:
             raise ValueError(f"unsupported entity state version {data[:1]!r}")
+        version = data[0]
         n = int.from_bytes(data[1:5], "big")
         body = orjson.loads(data[5:5 + n])
-        m = int.from_bytes(data[5 + n:9 + n], "big")
-        model = data[9 + n:9 + n + m]
-        adw = data[9 + n + m:]
+        at = 5 + n
+        m = int.from_bytes(data[at:at + 4], "big")
+        model = data[at + 4:at + 4 + m]
+        at += 4 + m
+        if version >= 3:
+            b = int.from_bytes(data[at:at + 4], "big")
+            base = data[at + 4:at + 4 + b]
+            at += 4 + b
+            k = int.from_bytes(data[at:at + 4], "big")
+            stored = array(body["score_type"])
+            stored.frombytes(data[at + 4:at + 4 + k])
+            at += 4 + k
+        adw = data[at:]
         self.drop(eid)
         eid = sys.intern(eid)
         ent = self.entities[eid] = _Entity(eid, body["labels"], body["lane"], self._score_type)
-        ent.base.load(body["mean"], body["var"])
+        if version >= 3:
+            ent.base.load_state(body["keys"], base)
+            ent.scores = array(self._score_type, stored) if stored.typecode != self._score_type else stored
+        else:
+            ent.base.load(body["mean"], body["var"])
+            ent.scores = array(self._score_type, body["scores"])
         ent.n_normal, ent.n_windows = body["n_normal"], body["n_windows"]
-        ent.scores = array(self._score_type, body["scores"])
         ent.expected, ent.incident, ent.normal_streak = body["expected"], body["incident"], body["normal_streak"]
         ent.cooldown_until = body["cooldown_until"] if body["cooldown_until"] is not None else -math.inf
         ent.last_end = body["last_end"] if body["last_end"] is not None else -math.inf

@@ -223,6 +223,30 @@ def test_missing_data_can_be_turned_off():
     assert [a for a in det.advance(100 * W) if a["kind"] == "missing_data"] == []
 
 
+def _as_version_2(blob: bytes) -> bytes:
+    """A version-3 state blob as version 2 wrote it: baseline and score history in the JSON head."""
+    from array import array
+
+    n = int.from_bytes(blob[1:5], "big")
+    body = orjson.loads(blob[5:5 + n])
+    at = 5 + n
+    m = int.from_bytes(blob[at:at + 4], "big")
+    model = blob[at + 4:at + 4 + m]
+    at += 4 + m
+    b = int.from_bytes(blob[at:at + 4], "big")
+    base = array("d", blob[at + 4:at + 4 + b])
+    at += 4 + b
+    k = int.from_bytes(blob[at:at + 4], "big")
+    scores = array(body.pop("score_type"), blob[at + 4:at + 4 + k])
+    adw = blob[at + 4 + k:]
+    keys = body.pop("keys")
+    body["mean"] = dict(zip(keys, base[:len(keys)]))
+    body["var"] = dict(zip(keys, base[len(keys):]))
+    body["scores"] = list(scores)
+    head = orjson.dumps(body)
+    return bytes([2]) + len(head).to_bytes(4, "big") + head + len(model).to_bytes(4, "big") + model + adw
+
+
 def test_open_gap_survives_a_restart_and_version_1_state_is_read():
     spec = _spec()
     det = Detector(spec)
@@ -231,20 +255,25 @@ def test_open_gap_survives_a_restart_and_version_1_state_is_read():
         _feed(det, rng, w)
     (f,) = det.advance(40 * W)
     blob = det.export_state("t/host=x")
-    assert blob[0] == STATE_VERSION == 2
+    assert blob[0] == STATE_VERSION == 3
     again = Detector(spec)
     again.import_state("t/host=x", blob)
     assert again.advance(80 * W) == []  # still the same incident: no second firing
     again.ingest("a", {"host": "x"}, 81 * W, 10.0)
     (r,) = again.ingest("b", {"host": "x"}, 81 * W, 10.0)
     assert r["status"] == "resolved" and r["incident_id"] == f["alert_id"]
+    # a version-2 blob (baseline and scores as JSON) loads into the same state
+    v2 = _as_version_2(blob)
+    two = Detector(spec)
+    two.import_state("t/host=x", v2)
+    assert two.export_state("t/host=x") == blob
     # a version-1 blob (no per-metric times, no gap incident) still loads and is watched
-    n = int.from_bytes(blob[1:5], "big")
-    body = orjson.loads(blob[5:5 + n])
+    n = int.from_bytes(v2[1:5], "big")
+    body = orjson.loads(v2[5:5 + n])
     for k in ("mlast", "mwin", "gap", "zpeak"):
         del body[k]
     head = orjson.dumps(body)
-    v1 = bytes([1]) + len(head).to_bytes(4, "big") + head + blob[5 + n:]
+    v1 = bytes([1]) + len(head).to_bytes(4, "big") + head + v2[5 + n:]
     old = Detector(spec)
     old.import_state("t/host=x", v1)
     assert old.entities["t/host=x"].mlast == {"a": 29 * W + 54.0, "b": 29 * W + 54.0}
