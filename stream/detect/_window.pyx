@@ -4,9 +4,10 @@
 Each slot is one open event-time window of one (entity, metric). Samples are folded in with
 Welford's updates (mean, variance, and the time/value co-moment for the slope), min/max,
 first/last, source offsets, and a bounded value buffer for median and IQR (exact up to
-``buffer_size`` samples per window, a deterministic reservoir beyond). Wrapped by
-:class:`stream.detect.window.WindowStore`; held to a numpy reference by
-``tests/unit/test_window.py``.
+``buffer_size`` samples per window, a deterministic reservoir beyond; see WindowAccumulators for
+its two tiers). Wrapped by :class:`stream.detect.window.WindowStore`; held to numpy by
+``tests/unit/test_core.py`` (median and quartiles) and to a Python reservoir by
+``tests/unit/test_window_store.py``.
 """
 import heapq
 import math
@@ -50,22 +51,42 @@ cdef inline unsigned long long _mix(unsigned long long x) nogil:
     return x ^ (x >> 31)
 
 
+DEF INLINE = 8  # values held in the slot itself; more spill into an overflow row of buffer_size
+
+
 cdef class WindowAccumulators:
-    """A growable pool of window accumulators addressed by integer slot."""
+    """A growable pool of window accumulators addressed by integer slot.
+
+    A slot's value buffer (for median and IQR) is two-tier: its first ``INLINE`` (8) values sit
+    in the slot's own row of ``inl``; the 9th moves them to a row of ``buffer_size`` values in the
+    overflow pool ``ovf``, returned to that pool when the slot is released. Most windows hold a
+    few samples (a 60 s window of a metric scraped every 15-30 s: 2-4), and a full-size buffer
+    per slot (256 bytes at the default 32) was two thirds of the slot (376 bytes; the pool holds
+    0.5-1M slots at 100,000 5-metric entities); now a slot is 188 bytes plus an overflow row only
+    while its window holds more than 8 values. The values, and so every summary, are the same.
+    """
 
     cdef public cnp.ndarray acc      # float64 [capacity, NCOL]
-    cdef public cnp.ndarray buf      # float64 [capacity, buffer_size]
+    cdef public cnp.ndarray inl      # float64 [capacity, ninl]: the first values of each slot
+    cdef public cnp.ndarray ovf_of   # int32 [capacity]: the slot's overflow row, or -1
+    cdef public cnp.ndarray ovf      # float64 [overflow capacity, buffer_size]
     cdef public int buffer_size
+    cdef public int ninl             # min(INLINE, buffer_size)
     cdef list _free
+    cdef list _ovf_free
     cdef public int used
 
     def __init__(self, int buffer_size=32, int capacity=256):
         if not 1 <= buffer_size <= 256:
             raise ValueError("buffer_size must be between 1 and 256")
         self.buffer_size = buffer_size
+        self.ninl = min(INLINE, buffer_size)
         self.acc = np.zeros((capacity, NCOL), dtype=np.float64)
-        self.buf = np.zeros((capacity, buffer_size), dtype=np.float64)
+        self.inl = np.zeros((capacity, self.ninl), dtype=np.float64)
+        self.ovf_of = np.full(capacity, -1, dtype=np.int32)
+        self.ovf = np.zeros((0, buffer_size), dtype=np.float64)
         self._free = list(range(capacity - 1, -1, -1))
+        self._ovf_free = []
         self.used = 0
 
     def alloc(self):
@@ -74,13 +95,14 @@ cdef class WindowAccumulators:
         if not self._free:
             # grow by a quarter, in place: ndarray.resize reallocates (for a pool this large an
             # mremap, no copy), where concatenating held the old and the doubled pool at once
-            # and left up to half of it unused (at 100,000 5-metric entities the pool holds
-            # 0.5-1M slots of 376 bytes). No view of the pool outlives a call (callers take its
-            # data pointer after alloc), so refcheck is not needed.
+            # and left up to half of it unused. No view of the pool outlives a call (callers
+            # take its data pointer after alloc), so refcheck is not needed.
             cap = self.acc.shape[0]
             new = cap + max(cap // 4, 256)
             self.acc.resize((new, NCOL), refcheck=False)
-            self.buf.resize((new, self.buffer_size), refcheck=False)
+            self.inl.resize((new, self.ninl), refcheck=False)
+            self.ovf_of.resize(new, refcheck=False)
+            self.ovf_of[cap:] = -1
             self._free = list(range(new - 1, cap - 1, -1))
         slot = self._free.pop()
         self.acc[slot, :] = 0.0
@@ -88,24 +110,85 @@ cdef class WindowAccumulators:
         return slot
 
     def release(self, int slot):
+        self._unspill(slot)
         self._free.append(slot)
         self.used -= 1
 
+    @property
+    def overflow_rows(self):
+        """Overflow rows in use (slots whose window holds more than 8 values)."""
+        return self.ovf.shape[0] - len(self._ovf_free)
+
+    cdef inline void _unspill(self, long slot):
+        cdef int* of = <int*> cnp.PyArray_DATA(self.ovf_of)
+        if of[slot] >= 0:
+            self._ovf_free.append(of[slot])
+            of[slot] = -1
+
+    cdef int _spill(self, long slot) except -1:
+        """Move the slot's inline values to an overflow row."""
+        cdef int o, cap, new
+        if not self._ovf_free:
+            cap = self.ovf.shape[0]
+            new = cap + max(cap // 4, 64)
+            self.ovf.resize((new, self.buffer_size), refcheck=False)
+            self._ovf_free = list(range(new - 1, cap - 1, -1))
+        o = self._ovf_free.pop()
+        cdef double* row = <double*> cnp.PyArray_DATA(self.ovf) + <Py_ssize_t> o * self.buffer_size
+        cdef double* inl = <double*> cnp.PyArray_DATA(self.inl) + slot * self.ninl
+        cdef int i
+        for i in range(self.ninl):
+            row[i] = inl[i]
+        (<int*> cnp.PyArray_DATA(self.ovf_of))[slot] = o
+        return 0
+
+    cdef inline double* _values(self, long slot) noexcept:
+        """The slot's value buffer (inline or its overflow row)."""
+        cdef int o = (<int*> cnp.PyArray_DATA(self.ovf_of))[slot]
+        if o < 0:
+            return <double*> cnp.PyArray_DATA(self.inl) + slot * self.ninl
+        return <double*> cnp.PyArray_DATA(self.ovf) + <Py_ssize_t> o * self.buffer_size
+
+    cdef int _add(self, long s, double t, double v, long offset, long partition) except -1:
+        cdef double* a = <double*> cnp.PyArray_DATA(self.acc) + s * NCOL
+        cdef double n = _fold(a, t, v, offset, partition)
+        cdef long k
+        cdef unsigned long long j
+        if n <= self.buffer_size:
+            k = <long> n - 1
+            if k >= self.ninl and (<int*> cnp.PyArray_DATA(self.ovf_of))[s] < 0:
+                self._spill(s)
+            self._values(s)[k] = v
+        else:  # a deterministic reservoir (restart-safe: the index depends on the count only)
+            j = _mix(<unsigned long long>n) % <unsigned long long>n
+            if j < <unsigned long long>self.buffer_size:
+                self._values(s)[j] = v
+        return 0
+
     def update(self, long[::1] slots, double[::1] ts, double[::1] vals, long[::1] offsets, long[::1] partitions):
         """Fold a batch of samples into their slots, in order."""
-        cdef double* a = <double*> cnp.PyArray_DATA(self.acc)
-        cdef double* b = <double*> cnp.PyArray_DATA(self.buf)
         cdef Py_ssize_t i, n = slots.shape[0]
         if ts.shape[0] != n or vals.shape[0] != n or offsets.shape[0] != n or partitions.shape[0] != n:
             raise ValueError("slots, ts, vals, offsets and partitions must have the same length")
-        with nogil:
-            for i in range(n):
-                _add(a, b, self.buffer_size, slots[i], ts[i], vals[i], offsets[i], partitions[i])
+        for i in range(n):
+            self._add(slots[i], ts[i], vals[i], offsets[i], partitions[i])
 
     def add(self, long slot, double t, double v, long offset=-1, long partition=-1):
         """Fold one sample (the per-event path)."""
-        _add(<double*> cnp.PyArray_DATA(self.acc), <double*> cnp.PyArray_DATA(self.buf), self.buffer_size,
-             slot, t, v, offset, partition)
+        self._add(slot, t, v, offset, partition)
+
+    cdef void _quartiles(self, long slot, double n, double* q) noexcept:
+        """q[0..2] = first quartile, median, third quartile of the slot's buffered values."""
+        cdef double tmp[256]
+        cdef int i, k = <int>min(n, self.buffer_size)
+        cdef double* b = self._values(slot)
+        k = min(k, 256)
+        for i in range(k):
+            tmp[i] = b[i]
+        _insertion_sort(tmp, k)
+        q[0] = _quantile_sorted(tmp, k, 0.25)
+        q[1] = _quantile_sorted(tmp, k, 0.5)
+        q[2] = _quantile_sorted(tmp, k, 0.75)
 
     def summary(self, long slot):
         """(count, mean, std, min, max, median, iqr, delta, slope, first_ts, last_ts, first_offset, last_offset, partition)."""
@@ -115,7 +198,7 @@ cdef class WindowAccumulators:
         if n == 0:
             return (0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, -1, -1, -1)
         cdef double q[3]
-        _quartiles(self.buf, slot, n, self.buffer_size, q)
+        self._quartiles(slot, n, q)
         q1, med, q3 = q[0], q[1], q[2]
         std = sqrt(a[slot, C_M2] / n)
         slope = a[slot, C_C_TV] / a[slot, C_M2_T] if a[slot, C_M2_T] > 0 else 0.0
@@ -130,7 +213,6 @@ cdef class WindowAccumulators:
         ``release(slot)``, built in one call (once per metric of every closed window).
         """
         cdef double[:, ::1] a = self.acc
-        cdef double[:, ::1] b = self.buf
         cdef double n = a[slot, C_N]
         cdef double q1, med, q3, std, slope
         if n == 0:
@@ -138,7 +220,7 @@ cdef class WindowAccumulators:
             self.release(slot)
             return out
         cdef double q[3]
-        _quartiles(b, slot, n, self.buffer_size, q)
+        self._quartiles(slot, n, q)
         q1, med, q3 = q[0], q[1], q[2]
         std = sqrt(a[slot, C_M2] / n)
         slope = a[slot, C_C_TV] / a[slot, C_M2_T] if a[slot, C_M2_T] > 0 else 0.0
@@ -148,44 +230,42 @@ cdef class WindowAccumulators:
                "first_ts": a[slot, C_FIRST_T], "last_ts": a[slot, C_LAST_T],
                "first_offset": int(a[slot, C_FIRST_OFF]), "last_offset": int(a[slot, C_LAST_OFF]),
                "partition": int(a[slot, C_PART])}
-        self._free.append(slot)
-        self.used -= 1
+        self.release(slot)
         return out
 
     def get_state(self, long slot):
         """The slot's accumulator row and buffer as one float64 array (for durable state)."""
-        k = int(min(self.acc[slot, C_N], self.buffer_size))
-        return np.concatenate([self.acc[slot], self.buf[slot, :k]])
+        cdef double[:, ::1] a = self.acc
+        cdef Py_ssize_t j, k = <Py_ssize_t> min(a[slot, C_N], <double> self.buffer_size)
+        cdef double* b = self._values(slot)
+        vals = np.empty(k, dtype=np.float64)
+        for j in range(k):
+            vals[j] = b[j]
+        return np.concatenate([self.acc[slot], vals])
 
     def get_state_list(self, long slot):
         """:meth:`get_state` as a list of floats, built without the arrays (the serialized state
         stores lists: ``get_state(slot).tolist()`` took 2.0-2.5 us per metric window at every commit,
         this 0.8 us)."""
         cdef double[:, ::1] a = self.acc
-        cdef double[:, ::1] b = self.buf
+        cdef double* b = self._values(slot)
         cdef Py_ssize_t j, k = <Py_ssize_t> min(a[slot, C_N], <double> self.buffer_size)
         cdef list out = [a[slot, j] for j in range(NCOL)]
         for j in range(k):
-            out.append(b[slot, j])
+            out.append(b[j])
         return out
 
     def set_state(self, long slot, double[::1] state):
+        cdef Py_ssize_t j, k = state.shape[0] - NCOL
+        if k > self.buffer_size:
+            raise ValueError(f"window state holds {k} values, more than buffer_size {self.buffer_size}")
         self.acc[slot, :] = state[:NCOL]
-        k = state.shape[0] - NCOL
-        self.buf[slot, :k] = state[NCOL:]
-
-
-cdef inline void _quartiles(double[:, ::1] buf, long slot, double n, int buffer_size, double* q) noexcept:
-    """q[0..2] = first quartile, median, third quartile of the slot's buffered values."""
-    cdef double tmp[256]
-    cdef int i, k = <int>min(n, buffer_size)
-    k = min(k, 256)
-    for i in range(k):
-        tmp[i] = buf[slot, i]
-    _insertion_sort(tmp, k)
-    q[0] = _quantile_sorted(tmp, k, 0.25)
-    q[1] = _quantile_sorted(tmp, k, 0.5)
-    q[2] = _quantile_sorted(tmp, k, 0.75)
+        self._unspill(slot)
+        if k > self.ninl:
+            self._spill(slot)
+        cdef double* b = self._values(slot)
+        for j in range(k):
+            b[j] = state[NCOL + j]
 
 
 cdef inline void _insertion_sort(double* x, int n) noexcept nogil:
@@ -216,14 +296,10 @@ cdef inline double _quantile_sorted(double* x, int n, double q) noexcept nogil:
     return a + (b - a) * t
 
 
-cdef inline void _add(double* acc, double* buf, int bsize, long s, double t, double v,
-                      long offset, long partition) noexcept nogil:
-    # acc: the [capacity, NCOL] accumulator rows, buf: the [capacity, bsize] value buffers
-    cdef double* a = acc + s * NCOL
-    cdef double* b = buf + s * bsize
+cdef inline double _fold(double* a, double t, double v, long offset, long partition) noexcept nogil:
+    # one sample into one accumulator row (a: the slot's NCOL values); returns the new count
     cdef double n = a[C_N] + 1.0
     cdef double d, dt
-    cdef unsigned long long j
     a[C_N] = n
     if n == 1.0:
         a[C_MEAN] = v
@@ -240,8 +316,7 @@ cdef inline void _add(double* acc, double* buf, int bsize, long s, double t, dou
         a[C_FIRST_OFF] = offset
         a[C_LAST_OFF] = offset
         a[C_PART] = partition
-        b[0] = v
-        return
+        return n
     d = v - a[C_MEAN]
     dt = t - a[C_MEAN_T]
     a[C_MEAN] += d / n
@@ -265,12 +340,7 @@ cdef inline void _add(double* acc, double* buf, int bsize, long s, double t, dou
             a[C_FIRST_OFF] = offset
         if offset > a[C_LAST_OFF]:
             a[C_LAST_OFF] = offset
-    if n <= bsize:
-        b[<long>n - 1] = v
-    else:
-        j = _mix(<unsigned long long>n) % <unsigned long long>n
-        if j < <unsigned long long>bsize:
-            b[j] = v
+    return n
 
 
 cdef class EntityWindows:
@@ -351,8 +421,7 @@ cdef object _add_sample(WindowAccumulators acc, dict entities, dict heaps, doubl
         slots[metric] = slot
     else:
         slot = <object> p
-    _add(<double*> cnp.PyArray_DATA(acc.acc), <double*> cnp.PyArray_DATA(acc.buf), acc.buffer_size,
-         slot, ts, value, offset, partition)
+    acc._add(slot, ts, value, offset, partition)
     return rec.starts
 
 

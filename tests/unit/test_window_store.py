@@ -2,6 +2,7 @@
 import time
 
 import orjson
+import pytest
 
 from stream.detect.window import WindowStore
 
@@ -131,7 +132,7 @@ def test_the_pool_grows_in_place_by_a_quarter_and_keeps_every_open_window():
             pool.release(slots.pop(0))
     assert pool.acc is acc_obj  # the same array object, resized, not replaced
     cap = pool.acc.shape[0]
-    assert pool.used == len(slots) and pool.buf.shape[0] == cap
+    assert pool.used == len(slots) and pool.inl.shape[0] == pool.ovf_of.shape[0] == cap
     assert cap <= 1.25 * pool.used + 256  # slack: one growth step at most, not a doubling
     fresh = WindowAccumulators(buffer_size=8, capacity=len(slots))
     for s in slots:  # every open window still holds exactly what was folded into it
@@ -141,3 +142,75 @@ def test_the_pool_grows_in_place_by_a_quarter_and_keeps_every_open_window():
             fresh.add(t, float(k), pool.acc[s, 6] + k)  # first value + k, as added
         assert pool.summary(s) == fresh.summary(t)
         fresh.release(t)
+
+
+_M64 = (1 << 64) - 1
+
+
+def _mix(x: int) -> int:  # splitmix64, as _window.pyx
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _reference_buffer(values: list[float], size: int) -> list[float]:
+    """The value buffer as one flat row of ``size`` held it: the first ``size`` values, then the
+    deterministic reservoir (value n replaces index mix(n) % n when that is below ``size``)."""
+    buf: list[float] = []
+    for n, v in enumerate(values, start=1):
+        if n <= size:
+            buf.append(v)
+        else:
+            j = _mix(n) % n
+            if j < size:
+                buf[j] = v
+    return buf
+
+
+@pytest.mark.parametrize("buffer_size", [32, 8, 5])
+def test_two_tier_value_buffers_hold_what_one_flat_buffer_held(buffer_size):
+    """Slots of 0 to 3 x buffer_size values, allocated and released interleaved: each slot's
+    buffer (state list), median and IQR are the flat buffer's, and overflow rows are returned."""
+    import random
+
+    import numpy as np
+
+    from stream.detect._window import WindowAccumulators
+
+    rng = random.Random(buffer_size)
+    pool = WindowAccumulators(buffer_size=buffer_size, capacity=4)
+    live: dict[int, list[float]] = {}
+    for step in range(3_000):
+        if live and rng.random() < 0.3:  # close a window
+            slot = rng.choice(list(live))
+            values = live.pop(slot)
+            expect = _reference_buffer(values, buffer_size)
+            if values:
+                s = pool.take_summary(slot)
+                q1, med, q3 = np.quantile(expect, [0.25, 0.5, 0.75])
+                assert s["count"] == len(values) and s["median"] == pytest.approx(med, rel=1e-12, abs=1e-12)
+                assert s["iqr"] == pytest.approx(q3 - q1, rel=1e-12, abs=1e-12)
+            else:
+                pool.release(slot)
+            continue
+        slot = pool.alloc()
+        n = rng.choice([0, 1, 2, 4, 7, 8, 9, 12, buffer_size, buffer_size + 1, 3 * buffer_size])
+        values = [rng.gauss(0, 1) for _ in range(n)]
+        for i, v in enumerate(values):
+            pool.add(slot, float(i), v, i, 0)
+        assert pool.get_state_list(slot)[15:] == _reference_buffer(values, buffer_size)
+        live[slot] = values
+        if step % 5 == 0:  # a state round trip into another slot keeps the buffer
+            other = pool.alloc()
+            pool.set_state(other, pool.get_state(slot))
+            assert pool.get_state_list(other) == pool.get_state_list(slot)
+            assert repr(pool.summary(other)) == repr(pool.summary(slot))  # (NaN for an empty one)
+            pool.release(other)
+    spilled = sum(len(v) > pool.ninl for v in live.values()) if buffer_size > pool.ninl else 0
+    assert pool.overflow_rows == spilled  # one overflow row per slot holding more than 8 values (if it can)
+    for slot in list(live):
+        pool.release(slot)
+    assert pool.used == 0 and pool.overflow_rows == 0
+    if buffer_size <= 8:
+        assert pool.ovf.shape[0] == 0  # small buffers never spill
