@@ -98,7 +98,7 @@ def markdown(r: dict, plots: list[str]) -> str:
     commits, spent = wc.get("stream_state_write_seconds_count"), wc.get("stream_state_write_seconds_sum")
     if commits:
         lines += ["", f"**State writes** (worker, whole run): {commits:,.0f} commits wrote "
-                      f"{wc.get('stream_state_writes_total', 0):,.0f} entity states, {spent / commits:.3f} s per commit "
+                      f"{wc.get('stream_state_writes_total', 0):,.0f} state records (an entity: one, two when a window closed), {spent / commits:.3f} s per commit "
                       "on average, the detect agent held meanwhile (`stream_state_write_seconds`)."]
     gc_n = {g: wc.get(f'stream_gc_pause_seconds_count{{generation="{g}"}}') for g in "012"}
     if any(gc_n.values()):

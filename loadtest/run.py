@@ -758,7 +758,7 @@ def run(cfg: Config, report_path: Path) -> dict:
                                 if k.startswith(("stream_events_total", "stream_state_write", "stream_gc_pause"))},
             "note": "bytes_per_entity = (peak RSS - RSS of the idle ready worker) / entities; at small N it is "
                     "dominated by client buffers. bytes_per_entity_at_end: the same from the RSS after the run "
-                    "(every entity held, nothing in flight). stored_entities: entity states the table's store "
+                    "(every entity held, nothing in flight). stored_entities: entity state records the table's store "
                     "still holds serialized (0 once the engine has loaded them). Engine-only figure: "
                     "benchmarks/bench_entities.py",
         }

@@ -22,14 +22,16 @@ ENTITIES = Gauge("stream_entities_active", "Entities with state in this worker",
 STATE_BYTES = Gauge("stream_state_bytes", "Serialized state bytes last written, summed over entities",
                     ["detector"], registry=REGISTRY)
 STATE_STORED = Gauge("stream_state_stored_entities",
-                     "Entity states held serialized in the table's local store: restored from the changelog "
-                     "(restart, rebalance, standby) and not yet loaded by the engine, which holds live ones",
+                     "Entity state records held serialized in the table's local store (two per entity: its "
+                     "sample part and its window part): restored from the changelog (restart, rebalance, "
+                     "standby) and not yet loaded by the engine, which holds live ones",
                      registry=REGISTRY)
 STATE_WRITE = Histogram("stream_state_write_seconds",
                         "Time each offset commit spent writing changed entity state to the changelog before "
                         "committing (the detect agent waits meanwhile: a direct share of alert latency)",
                         buckets=(1e-3, 5e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY)
-STATE_WRITTEN = Counter("stream_state_writes", "Entity and model states written to the changelog at commits",
+STATE_WRITTEN = Counter("stream_state_writes", "State records written to the changelog at commits: per changed "
+                        "entity its sample part, plus its window part when a window closed; model states",
                         registry=REGISTRY)
 REBALANCES = Counter("stream_rebalances", "Consumer group rebalances seen by this worker", registry=REGISTRY)
 REREADS = Counter("stream_input_rereads", "Holes in a partition's offsets the consumer skipped, read again "

@@ -73,6 +73,13 @@ def ssl_context(s: Settings):
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+def window_key(key: bytes) -> bytes:
+    """The table key of the part of an entity's state that only closed windows change (model,
+    baseline, score history, ...; ``Detector.export_parts``): the entity's key after a NUL byte,
+    which no entity id starts with (it starts with its detector's name)."""
+    return b"\x00" + key
+
+
 def pack_state(blob: bytes) -> bytes:
     """An entity's state as stored in the table: zstd level 1 over the engine's versioned bytes.
 
@@ -189,7 +196,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # (a schema alone is not used when recovering, which then fails to decode the records)
     state = app.Table("entity-state", default=None, partitions=s.topic_partitions,
                       key_type=bytes, value_type=bytes,
-                      help="serialized per-entity detector state (stream.detect.engine.Detector.export_state)")
+                      help="serialized per-entity detector state, two records per entity (stream.detect.engine.Detector.export_parts)")
 
     state_sizes: dict[bytes, int] = {}
 
@@ -349,7 +356,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
     def export_dirty(lanes: set[int] | None = None):
         """Serialize the dirty entities (of ``lanes``, or all) and mark them clean: yields
-        ``(lane, key, blob)``."""
+        ``(lane, key, blob)``, one or two records per entity: the part of its state samples
+        change (key: the entity id) and, when a window closed since it was last written, the
+        part only closed windows change (key: ``window_key``; Detector.export_parts)."""
         for key, (det, eid) in list(dirty.items()):
             ent = det.entities.get(eid)
             if ent is None:
@@ -357,9 +366,15 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 continue
             if lanes is not None and ent.lane not in lanes:
                 continue
-            blob = pack_state(det.export_state(eid))
-            state_sizes[key] = len(blob)
+            fast, slow = det.export_parts(eid)
             dirty.pop(key, None)  # (a revocation may have written it meanwhile: write_state_direct awaits)
+            if slow is not None:  # (first: a reader holding the new sample part has this one too)
+                blob = pack_state(slow)
+                wkey = window_key(key)
+                state_sizes[wkey] = len(blob)
+                yield ent.lane, wkey, blob
+            blob = pack_state(fast)
+            state_sizes[key] = len(blob)
             yield ent.lane, key, blob
 
     # The table's local store keeps no copy of a live entity's state: the engine holds it, the
@@ -370,6 +385,22 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # load, drops the store's copy (locally: ``state.data`` is the store; no tombstone is sent).
     def drop_stored(key: bytes, default=None):
         return state.data.pop(key, default)
+
+    def load_entity(det: Detector, eid: str) -> None:
+        """Load an entity the engine does not hold from the table (recovered from the changelog
+        after a restart or a rebalance), taking its records out of the store."""
+        key = eid.encode()
+        stored = drop_stored(key, None)  # (the engine holds it from now on)
+        windows = drop_stored(window_key(key), None)
+        if stored is None:
+            return
+        data = unpack_state(stored)
+        if not det.is_state_part(data):  # one record (written before the state was split)
+            det.import_state(eid, data)
+        elif windows is None:
+            log.error("entity %s: its state's window part is missing from the table; starting it afresh", eid)
+        else:
+            det.import_parts(eid, data, unpack_state(windows))
 
     def flush_state(lanes: set[int] | None = None, in_event: bool = False) -> int:
         """Write dirty entities (of ``lanes``, or all) to the table's changelog, through Faust's
@@ -497,10 +528,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 det = pipe.detectors.get(eid.split("/", 1)[0])
                 if det is None:
                     continue  # a detector removed since the sample was routed
-                if eid not in det.entities:
-                    stored = drop_stored(eid.encode(), None)  # (the engine holds it from now on)
-                    if stored is not None:  # recovered from the changelog after a restart/rebalance
-                        det.import_state(eid, unpack_state(stored))
+                if eid not in det.entities:  # recovered from the changelog after a restart/rebalance
+                    load_entity(det, eid)
                 late0 = det.late
                 if elabels is not None:  # the entity's chunks (rows of one source message each), in one call
                     # (the cursor of source offsets skips what the state already holds: at-least-once
@@ -560,10 +589,11 @@ def build_app(settings: Settings | None = None) -> faust.App:
                     key = gone.encode()
                     last_wall.pop(gone, None)
                     dirty.pop(key, None)
-                    # a tombstone (the store holds no copy to delete: Table.pop would send none)
-                    state.send_changelog(lane, key, None, value_serializer="raw")
-                    drop_stored(key, None)
-                    state_sizes.pop(key, None)
+                    for k in (key, window_key(key)):
+                        # a tombstone (the store holds no copy to delete: Table.pop would send none)
+                        state.send_changelog(lane, k, None, value_serializer="raw")
+                        drop_stored(k, None)
+                        state_sizes.pop(k, None)
             if eos:
                 flush_state(in_event=True)
 

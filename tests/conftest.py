@@ -168,9 +168,10 @@ class StreamEnv:
     def worker_log(self, name: str = "worker") -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")
 
-    def consume(self, topic: str, *, until, timeout: float, **config: str) -> list[dict]:
+    def consume(self, topic: str, *, until, timeout: float, raw: bool = False, **config: str) -> list:
         """Read a topic from the beginning until ``until(records)`` is true or the timeout passes.
 
+        Records are JSON-decoded (``raw``: the values' bytes, e.g. the binary internal messages).
         ``config``: extra consumer settings, dots as underscores (``isolation_level="read_uncommitted"``);
         librdkafka's default isolation level is read_committed."""
         import orjson
@@ -186,6 +187,9 @@ class StreamEnv:
             while time.monotonic() < deadline and not until(out):
                 msg = c.poll(0.5)
                 if msg is None or msg.error():
+                    continue
+                if raw:
+                    out.append(msg.value())
                     continue
                 rec = orjson.loads(msg.value())
                 if isinstance(rec, dict):

@@ -64,6 +64,7 @@ from stream.detect.window import ClosedWindow, WindowStore
 STATE_VERSION = 3  # 3: baseline and score history as binary sections (2 and 1 still read)
 # 2: per-metric last-seen times, the missing-data incident, the |z| peak
 _READABLE_VERSIONS = (1, 2, 3)
+_PART_SAMPLES, _PART_WINDOWS = b"\x21", b"\x22"  # the two parts of export_parts (version 1 of each)
 _Z_SCALE = 8.0  # z in [-4, 4] maps onto [0, 1] for the trees
 _RESOLVE_P = 1e-3  # a window counts as normal again when its distance from baseline is this probable
 # features left out of the single-feature |z| path: sample presence is the gap logic's business
@@ -154,7 +155,7 @@ def alert_id(*parts: Any) -> str:
 class _Entity:
     __slots__ = ("id", "labels", "lane", "base", "n_normal", "n_windows", "model", "scores", "expected",
                  "incident", "normal_streak", "cooldown_until", "adwins", "last_end", "gap_flagged",
-                 "last_seen", "cursor", "mlast", "mwin", "gap", "watch", "zpeak")
+                 "last_seen", "cursor", "mlast", "mwin", "gap", "watch", "zpeak", "saved_windows")
 
     def __init__(self, eid: str, labels: dict[str, str], lane: int, score_type: str = "d"):
         self.id = eid
@@ -181,6 +182,9 @@ class _Entity:
         self.gap: dict | None = None  # the open missing_data incident
         self.watch: float | None = None  # deadline of its entry in the lane's silence heap
         self.zpeak = 0.0  # decaying peak of the largest |z| over recent normal windows
+        # n_windows when the window-close part of the state was last exported (export_parts):
+        # that part changes only when a window closes, i.e. when n_windows moves
+        self.saved_windows = -1
 
     @property
     def mean(self) -> dict[str, float]:
@@ -887,27 +891,103 @@ class Detector:
         return b"".join((bytes([STATE_VERSION]), len(head).to_bytes(4, "big"), head, len(model).to_bytes(4, "big"), model,
                          len(base).to_bytes(4, "big"), base, len(sb).to_bytes(4, "big"), sb, adw))
 
-    def import_state(self, eid: str, data: bytes) -> None:
+    # The state in two parts (the worker's table keeps one record each): what a sample changes —
+    # the open windows, the latest times, the source cursor, the missing-data incident — and what
+    # only a closed window changes — model, baseline, score history, ADWIN, alert lifecycle. A
+    # window closes once per entity and window (every 60 s in real time) while a commit writes
+    # every entity a commit interval touched (every few seconds), so the second, larger part
+    # (≈ 90 % of the bytes) is written only when it changed.
+    _FAST_KEYS = ("labels", "lane", "n_windows", "last_seen", "windows", "cursor", "mlast", "gap")
+
+    def export_parts(self, eid: str, full: bool = False) -> tuple[bytes, bytes | None]:
+        """``(sample part, window part)`` of the entity's state: the window part is None when no
+        window closed since the last call (and not ``full``). :meth:`import_parts` reads them;
+        together they hold what :meth:`export_state` holds.
+
+        Sample part: ``[0x21] | JSON``. Window part: ``[0x22] | u32 n | JSON head | u32 m |
+        model | u32 b | baseline | u32 s | scores | ADWINs`` (the sections of version 3). Both
+        carry ``n_windows``, which must agree when they are read back.
+        """
+        ent = self.entities[eid]
+        fast = {"labels": ent.labels, "lane": ent.lane, "n_windows": ent.n_windows,
+                "last_seen": ent.last_seen if math.isfinite(ent.last_seen) else None,
+                "windows": self.windows.export_entity(eid),
+                "cursor": {str(k): v for k, v in ent.cursor.items()}, "mlast": ent.mlast, "gap": ent.gap}
+        fast_b = _PART_SAMPLES + orjson.dumps(fast)
+        if not full and ent.saved_windows == ent.n_windows:
+            return fast_b, None
         import pickle
 
-        if not data or data[0] not in _READABLE_VERSIONS:
-            raise ValueError(f"unsupported entity state version {data[:1]!r}")
-        version = data[0]
-        n = int.from_bytes(data[1:5], "big")
-        body = orjson.loads(data[5:5 + n])
-        at = 5 + n
+        keys, base = ent.base.state()
+        scores = ent.scores
+        head = orjson.dumps({
+            "n_windows": ent.n_windows, "keys": keys, "n_normal": ent.n_normal, "score_type": scores.typecode,
+            "expected": ent.expected, "incident": ent.incident, "normal_streak": ent.normal_streak,
+            "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
+            "last_end": ent.last_end if math.isfinite(ent.last_end) else None,
+            "mwin": ent.mwin, "zpeak": ent.zpeak})
+        model = ent.model.to_bytes() if ent.model is not None else b""
+        adw = pickle.dumps(ent.adwins, protocol=5) if ent.adwins else b""
+        sb = scores.tobytes()
+        ent.saved_windows = ent.n_windows
+        return fast_b, b"".join((_PART_WINDOWS, len(head).to_bytes(4, "big"), head, len(model).to_bytes(4, "big"), model,
+                                 len(base).to_bytes(4, "big"), base, len(sb).to_bytes(4, "big"), sb, adw))
+
+    @staticmethod
+    def is_state_part(data: bytes) -> bool:
+        """Whether ``data`` is the sample part of :meth:`export_parts` (not a whole state)."""
+        return data[:1] == _PART_SAMPLES
+
+    def import_parts(self, eid: str, fast: bytes, slow: bytes) -> None:
+        """Load an entity from the two parts of :meth:`export_parts`."""
+        if fast[:1] != _PART_SAMPLES or slow[:1] != _PART_WINDOWS:
+            raise ValueError(f"not the two parts of an entity state: {fast[:1]!r}, {slow[:1]!r}")
+        body = orjson.loads(fast[1:])
+        head, model, base, scores, adw = self._sections(slow, 1)
+        if head["n_windows"] != body["n_windows"]:
+            raise ValueError(f"entity state parts of {eid!r} disagree: windows {body['n_windows']} "
+                             f"and {head['n_windows']}")
+        head.update(body)
+        self._load(eid, 3, head, model, base, scores, adw)
+        self.entities[eid].saved_windows = head["n_windows"]
+
+    @staticmethod
+    def _sections(data: bytes, at: int) -> tuple[dict, bytes, bytes, array, bytes]:
+        """(JSON head, model, baseline, scores, ADWINs) of the binary layout of version 3."""
+        n = int.from_bytes(data[at:at + 4], "big")
+        head = orjson.loads(data[at + 4:at + 4 + n])
+        at += 4 + n
         m = int.from_bytes(data[at:at + 4], "big")
         model = data[at + 4:at + 4 + m]
         at += 4 + m
+        b = int.from_bytes(data[at:at + 4], "big")
+        base = data[at + 4:at + 4 + b]
+        at += 4 + b
+        k = int.from_bytes(data[at:at + 4], "big")
+        scores = array(head["score_type"])
+        scores.frombytes(data[at + 4:at + 4 + k])
+        return head, model, base, scores, data[at + 4 + k:]
+
+    def import_state(self, eid: str, data: bytes) -> None:
+        """Load an entity from :meth:`export_state`'s bytes (versions 1 to 3)."""
+        if not data or data[0] not in _READABLE_VERSIONS:
+            raise ValueError(f"unsupported entity state version {data[:1]!r}")
+        version = data[0]
         if version >= 3:
-            b = int.from_bytes(data[at:at + 4], "big")
-            base = data[at + 4:at + 4 + b]
-            at += 4 + b
-            k = int.from_bytes(data[at:at + 4], "big")
-            stored = array(body["score_type"])
-            stored.frombytes(data[at + 4:at + 4 + k])
-            at += 4 + k
-        adw = data[at:]
+            body, model, base, scores, adw = self._sections(data, 1)
+        else:
+            n = int.from_bytes(data[1:5], "big")
+            body = orjson.loads(data[5:5 + n])
+            m = int.from_bytes(data[5 + n:9 + n], "big")
+            model = data[9 + n:9 + n + m]
+            adw = data[9 + n + m:]
+            base = scores = None
+        self._load(eid, version, body, model, base, scores, adw)
+
+    def _load(self, eid: str, version: int, body: dict, model: bytes, base: bytes | None, stored: array | None,
+              adw: bytes) -> None:
+        import pickle
+
         self.drop(eid)
         eid = sys.intern(eid)
         ent = self.entities[eid] = _Entity(eid, body["labels"], body["lane"], self._score_type)

@@ -483,14 +483,17 @@ def test_fuzzed_input_is_deadlettered_exactly_once_and_good_samples_are_processe
         fwd_topic = f"{env.env['STREAM_APP_ID']}-entity-samples"
         count = [0]
 
-        def n_samples(recs):  # internal messages: {"v": 3, "e": {entity: [labels, [[part, offset, rows], ...]]}}
-            return sum(len(rows) for r in recs for _labels, chunks in r["e"].values() for _p, _o, rows in chunks)
+        from stream.routing import decode_payload
+
+        def n_samples(recs):  # internal messages: {entity: (labels, [[part, offset, rows], ...])} decoded
+            return sum(len(rows) for r in recs for _labels, chunks in decode_payload(r, None).values()
+                       for _p, _o, rows in chunks)
 
         def enough(recs):
             count[0] = n_samples(recs)
             return count[0] >= n_good
 
-        fwd = env.consume(fwd_topic, until=enough, timeout=60)
+        fwd = env.consume(fwd_topic, until=enough, timeout=60, raw=True)
         assert n_samples(fwd) == n_good
         assert worker.poll() is None, "worker died:\n" + env.worker_log()[-3000:]
         print(f"fuzz: {len(dead)} dead-letter records, {n_good} good samples processed; "

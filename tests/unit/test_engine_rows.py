@@ -162,3 +162,44 @@ def test_ingest_chunks_of_decoded_columns_equals_rows_with_the_cursor_by_hand():
     assert {a["kind"] for a in a_ref} >= {"anomaly", "missing_data"}
     for eid in ref.entities:
         assert fast.export_state(eid) == ref.export_state(eid), eid
+
+
+def test_state_parts_write_the_window_part_only_when_a_window_closed_and_load_the_same_state():
+    msgs = _messages(6)
+    det = Detector(_spec())
+    windows_written = samples_written = 0
+    parts: dict[str, list] = {}  # eid -> [sample part, window part] as last written
+    for k, (part, off, samples) in enumerate(msgs):
+        by_entity: dict[str, tuple[dict, list]] = {}
+        for host, metric, ts, value in samples:
+            eid, elabels = det.spec.entity_of(metric, {"host": host})
+            by_entity.setdefault(eid, (elabels, []))[1].append((metric, ts, value))
+        for eid, (elabels, rs) in by_entity.items():
+            before = det.entities[eid].n_windows if eid in det.entities else None
+            det.ingest_chunks(eid, elabels, [(part, off, rs)], lane=part)
+            fast, slow = det.export_parts(eid)  # a commit after every message
+            samples_written += 1
+            closed = before is None or det.entities[eid].n_windows != before
+            assert (slow is not None) == closed  # the window part only when a window closed (or new)
+            if slow is not None:
+                windows_written += 1
+                parts.setdefault(eid, [None, None])[1] = slow
+            parts.setdefault(eid, [None, None])[0] = fast
+        if k == 100:
+            early = parts["t/host=h0"][1]
+        if k % 97 == 50:  # the parts as last written load into the same state as the whole export
+            for eid, (fast, slow) in parts.items():
+                again = Detector(_spec())
+                again.import_parts(eid, fast, slow)
+                assert again.export_state(eid) == det.export_state(eid), eid
+                assert again.export_parts(eid) == (fast, None)  # nothing changed since: no window part
+                whole = Detector(_spec())
+                whole.import_state(eid, det.export_state(eid))
+                assert whole.export_parts(eid, full=True) == det.export_parts(eid, full=True)
+    # samples of 4 hosts every 15 s, 60 s windows: one window part in ~4 commits
+    assert samples_written > 3 * windows_written > 0, (samples_written, windows_written)
+    fast, slow = det.export_parts("t/host=h0", full=True)
+    assert len(slow) > 4 * len(fast)  # the window part is the bulk of the state
+    with pytest.raises(ValueError, match="disagree"):  # a window part from before later windows closed
+        Detector(_spec()).import_parts("t/host=h0", fast, early)
+    assert Detector.is_state_part(fast) and not Detector.is_state_part(det.export_state("t/host=h0"))
