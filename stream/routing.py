@@ -114,8 +114,10 @@ class Router:
                 h = hit_of.get(eid)
                 if h is None:
                     eid = sys.intern(eid)
+                    # (a copy: orjson's bytes keep the 4 KB buffer they were written into, 400 MB
+                    # of RSS at 100,000 cached entities; the copy is its exact size)
                     h = hit_of[eid] = (eid, hit[1], partition_for(eid.encode(), self.partitions),
-                                       orjson.dumps(hit[1]))
+                                       bytes(memoryview(orjson.dumps(hit[1]))))
                 hits.append(h)
         key = tuple(h[0] for h in hits)
         shared = self._hits.get(key)
