@@ -73,11 +73,12 @@ def ssl_context(s: Settings):
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-def window_key(key: bytes) -> bytes:
-    """The table key of the part of an entity's state that only closed windows change (model,
-    baseline, score history, ...; ``Detector.export_parts``): the entity's key after a NUL byte,
-    which no entity id starts with (it starts with its detector's name)."""
-    return b"\x00" + key
+def window_key(key: bytes, slot: int) -> bytes:
+    """The table key of slot 0 or 1 of the part of an entity's state that only closed windows
+    change (model, baseline, score history, ...; ``Detector.export_parts``): a NUL byte, the
+    slot's digit, then the entity's key (no entity id starts with NUL: it starts with its
+    detector's name)."""
+    return b"\x00" + b"01"[slot:slot + 1] + key
 
 
 def pack_state(blob: bytes) -> bytes:
@@ -366,11 +367,11 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 continue
             if lanes is not None and ent.lane not in lanes:
                 continue
-            fast, slow = det.export_parts(eid)
+            fast, slow, slot = det.export_parts(eid)
             dirty.pop(key, None)  # (a revocation may have written it meanwhile: write_state_direct awaits)
-            if slow is not None:  # (first: a reader holding the new sample part has this one too)
+            if slow is not None:  # (first, into the slot the last written sample part does not name)
                 blob = pack_state(slow)
-                wkey = window_key(key)
+                wkey = window_key(key, slot)
                 state_sizes[wkey] = len(blob)
                 yield ent.lane, wkey, blob
             blob = pack_state(fast)
@@ -391,16 +392,17 @@ def build_app(settings: Settings | None = None) -> faust.App:
         after a restart or a rebalance), taking its records out of the store."""
         key = eid.encode()
         stored = drop_stored(key, None)  # (the engine holds it from now on)
-        windows = drop_stored(window_key(key), None)
+        slots = [drop_stored(window_key(key, i), None) for i in (0, 1)]
         if stored is None:
             return
         data = unpack_state(stored)
         if not det.is_state_part(data):  # one record (written before the state was split)
             det.import_state(eid, data)
-        elif windows is None:
-            log.error("entity %s: its state's window part is missing from the table; starting it afresh", eid)
-        else:
-            det.import_parts(eid, data, unpack_state(windows))
+            return
+        try:
+            det.import_parts(eid, data, [unpack_state(w) if w is not None else None for w in slots])
+        except ValueError as exc:  # (not expected: the slots keep the parts consistent)
+            log.error("entity %s: %s; starting it afresh", eid, exc)
 
     def flush_state(lanes: set[int] | None = None, in_event: bool = False) -> int:
         """Write dirty entities (of ``lanes``, or all) to the table's changelog, through Faust's
@@ -589,7 +591,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                     key = gone.encode()
                     last_wall.pop(gone, None)
                     dirty.pop(key, None)
-                    for k in (key, window_key(key)):
+                    for k in (key, window_key(key, 0), window_key(key, 1)):
                         # a tombstone (the store holds no copy to delete: Table.pop would send none)
                         state.send_changelog(lane, k, None, value_serializer="raw")
                         drop_stored(k, None)

@@ -155,7 +155,7 @@ def alert_id(*parts: Any) -> str:
 class _Entity:
     __slots__ = ("id", "labels", "lane", "base", "n_normal", "n_windows", "model", "scores", "expected",
                  "incident", "normal_streak", "cooldown_until", "adwins", "last_end", "gap_flagged",
-                 "last_seen", "cursor", "mlast", "mwin", "gap", "watch", "zpeak", "saved_windows")
+                 "last_seen", "cursor", "mlast", "mwin", "gap", "watch", "zpeak", "saved_windows", "wslot")
 
     def __init__(self, eid: str, labels: dict[str, str], lane: int, score_type: str = "d"):
         self.id = eid
@@ -185,6 +185,7 @@ class _Entity:
         # n_windows when the window-close part of the state was last exported (export_parts):
         # that part changes only when a window closes, i.e. when n_windows moves
         self.saved_windows = -1
+        self.wslot = 1  # the slot (0 or 1) its window part was last exported to (the first goes to 0)
 
     @property
     def mean(self) -> dict[str, float]:
@@ -891,17 +892,22 @@ class Detector:
         return b"".join((bytes([STATE_VERSION]), len(head).to_bytes(4, "big"), head, len(model).to_bytes(4, "big"), model,
                          len(base).to_bytes(4, "big"), base, len(sb).to_bytes(4, "big"), sb, adw))
 
-    # The state in two parts (the worker's table keeps one record each): what a sample changes —
-    # the open windows, the latest times, the source cursor, the missing-data incident — and what
-    # only a closed window changes — model, baseline, score history, ADWIN, alert lifecycle. A
-    # window closes once per entity and window (every 60 s in real time) while a commit writes
-    # every entity a commit interval touched (every few seconds), so the second, larger part
-    # (≈ 90 % of the bytes) is written only when it changed.
-    _FAST_KEYS = ("labels", "lane", "n_windows", "last_seen", "windows", "cursor", "mlast", "gap")
-
-    def export_parts(self, eid: str, full: bool = False) -> tuple[bytes, bytes | None]:
-        """``(sample part, window part)`` of the entity's state: the window part is None when no
-        window closed since the last call (and not ``full``). :meth:`import_parts` reads them;
+    # The state in two parts (the worker's table keeps them as separate records): what a sample
+    # changes — the open windows, the latest times, the source cursor, the missing-data incident —
+    # and what only a closed window changes — model, baseline, score history, ADWIN, alert
+    # lifecycle. A window closes once per entity and window (every 60 s in real time) while a
+    # commit writes every entity a commit interval touched (every few seconds), so the second,
+    # larger part (≈ 90 % of the bytes) is written only when it changed.
+    #
+    # The window part alternates between two slots, and the sample part names the slot it goes
+    # with: a write interrupted between the two (a crash before the commit) leaves the last
+    # sample part with the slot it names intact, because a slot is only overwritten after a
+    # sample part naming the other one was written (records of one entity go to one partition,
+    # in order).
+    def export_parts(self, eid: str, full: bool = False) -> tuple[bytes, bytes | None, int]:
+        """``(sample part, window part, slot)`` of the entity's state: the window part is None
+        when no window closed since the last call (and not ``full``); ``slot`` (0 or 1) is the one
+        the window part belongs in, which the sample part names. :meth:`import_parts` reads them;
         together they hold what :meth:`export_state` holds.
 
         Sample part: ``[0x21] | JSON``. Window part: ``[0x22] | u32 n | JSON head | u32 m |
@@ -909,47 +915,53 @@ class Detector:
         carry ``n_windows``, which must agree when they are read back.
         """
         ent = self.entities[eid]
-        fast = {"labels": ent.labels, "lane": ent.lane, "n_windows": ent.n_windows,
+        slow = None
+        if full or ent.saved_windows != ent.n_windows:
+            import pickle
+
+            keys, base = ent.base.state()
+            scores = ent.scores
+            head = orjson.dumps({
+                "n_windows": ent.n_windows, "keys": keys, "n_normal": ent.n_normal, "score_type": scores.typecode,
+                "expected": ent.expected, "incident": ent.incident, "normal_streak": ent.normal_streak,
+                "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
+                "last_end": ent.last_end if math.isfinite(ent.last_end) else None,
+                "mwin": ent.mwin, "zpeak": ent.zpeak})
+            model = ent.model.to_bytes() if ent.model is not None else b""
+            adw = pickle.dumps(ent.adwins, protocol=5) if ent.adwins else b""
+            sb = scores.tobytes()
+            slow = b"".join((_PART_WINDOWS, len(head).to_bytes(4, "big"), head, len(model).to_bytes(4, "big"), model,
+                             len(base).to_bytes(4, "big"), base, len(sb).to_bytes(4, "big"), sb, adw))
+            ent.saved_windows = ent.n_windows
+            ent.wslot = 1 - ent.wslot
+        fast = {"labels": ent.labels, "lane": ent.lane, "n_windows": ent.n_windows, "wslot": ent.wslot,
                 "last_seen": ent.last_seen if math.isfinite(ent.last_seen) else None,
                 "windows": self.windows.export_entity(eid),
                 "cursor": {str(k): v for k, v in ent.cursor.items()}, "mlast": ent.mlast, "gap": ent.gap}
-        fast_b = _PART_SAMPLES + orjson.dumps(fast)
-        if not full and ent.saved_windows == ent.n_windows:
-            return fast_b, None
-        import pickle
-
-        keys, base = ent.base.state()
-        scores = ent.scores
-        head = orjson.dumps({
-            "n_windows": ent.n_windows, "keys": keys, "n_normal": ent.n_normal, "score_type": scores.typecode,
-            "expected": ent.expected, "incident": ent.incident, "normal_streak": ent.normal_streak,
-            "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
-            "last_end": ent.last_end if math.isfinite(ent.last_end) else None,
-            "mwin": ent.mwin, "zpeak": ent.zpeak})
-        model = ent.model.to_bytes() if ent.model is not None else b""
-        adw = pickle.dumps(ent.adwins, protocol=5) if ent.adwins else b""
-        sb = scores.tobytes()
-        ent.saved_windows = ent.n_windows
-        return fast_b, b"".join((_PART_WINDOWS, len(head).to_bytes(4, "big"), head, len(model).to_bytes(4, "big"), model,
-                                 len(base).to_bytes(4, "big"), base, len(sb).to_bytes(4, "big"), sb, adw))
+        return _PART_SAMPLES + orjson.dumps(fast), slow, ent.wslot
 
     @staticmethod
     def is_state_part(data: bytes) -> bool:
         """Whether ``data`` is the sample part of :meth:`export_parts` (not a whole state)."""
         return data[:1] == _PART_SAMPLES
 
-    def import_parts(self, eid: str, fast: bytes, slow: bytes) -> None:
-        """Load an entity from the two parts of :meth:`export_parts`."""
-        if fast[:1] != _PART_SAMPLES or slow[:1] != _PART_WINDOWS:
-            raise ValueError(f"not the two parts of an entity state: {fast[:1]!r}, {slow[:1]!r}")
+    def import_parts(self, eid: str, fast: bytes, slots: Sequence[bytes | None]) -> None:
+        """Load an entity from the sample part of :meth:`export_parts` and its window parts
+        (``slots[0]``, ``slots[1]``, None where absent): the one the sample part names is used."""
+        if fast[:1] != _PART_SAMPLES:
+            raise ValueError(f"not the sample part of an entity state: {fast[:1]!r}")
         body = orjson.loads(fast[1:])
+        slow = slots[body["wslot"]]
+        if slow is None or slow[:1] != _PART_WINDOWS:
+            raise ValueError(f"entity state of {eid!r}: its window part (slot {body['wslot']}) is missing")
         head, model, base, scores, adw = self._sections(slow, 1)
         if head["n_windows"] != body["n_windows"]:
             raise ValueError(f"entity state parts of {eid!r} disagree: windows {body['n_windows']} "
                              f"and {head['n_windows']}")
         head.update(body)
         self._load(eid, 3, head, model, base, scores, adw)
-        self.entities[eid].saved_windows = head["n_windows"]
+        ent = self.entities[eid]
+        ent.saved_windows, ent.wslot = head["n_windows"], body["wslot"]
 
     @staticmethod
     def _sections(data: bytes, at: int) -> tuple[dict, bytes, bytes, array, bytes]:

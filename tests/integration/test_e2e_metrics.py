@@ -106,18 +106,19 @@ def test_an_expired_entity_is_tombstoned_in_the_changelog(kafka_bootstrap, tmp_p
                       "auto.offset.reset": "earliest", "enable.auto.commit": False})
         c.subscribe([topic])
         deadline = time.monotonic() + 120
-        # each entity's state is two records: its sample part (key: the entity id) and its window
-        # part (key: NUL + the entity id); both are tombstoned when it expires
-        both_gone = lambda: all(k in last and last[k] is None for k in (gone, b"\x00" + gone))  # noqa: E731
+        # each entity's state is two or three records: its sample part (key: the entity id) and its
+        # window part in slot 0 and later 1 (key: NUL, the slot, the entity id); all are tombstoned
+        # when it expires
+        both_gone = lambda: all(k in last and last[k] is None for k in (gone, b"\x000" + gone, b"\x001" + gone))  # noqa: E731
         try:  # until h1's last records are tombstones and h0's state was written (at a commit)
-            while time.monotonic() < deadline and not (both_gone() and last.get(live) and last.get(b"\x00" + live)):
+            while time.monotonic() < deadline and not (both_gone() and last.get(live) and last.get(b"\x000" + live)):
                 msg = c.poll(0.5)
                 if msg is not None and not msg.error():
                     last[msg.key()] = msg.value()
         finally:
             c.close()
         assert both_gone(), f"no tombstones for the expired entity: {sorted(last)}\n" + env.worker_log()[-3000:]
-        assert last.get(live) and last.get(b"\x00" + live), "the live entity's state should be in the changelog"
+        assert last.get(live) and last.get(b"\x000" + live), "the live entity's state should be in the changelog"
         import urllib.request
 
         body = urllib.request.urlopen(f"http://127.0.0.1:{env.env['STREAM_WEB_PORT']}/metrics", timeout=10).read()
