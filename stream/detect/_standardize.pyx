@@ -52,6 +52,10 @@ from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.float cimport PyFloat_AsDouble
 from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
+
+from stream.detect._window cimport Summary
+from stream.detect._window import _FIELD_INDEX
 
 import weakref
 
@@ -291,9 +295,17 @@ cdef class Baseline:
         cdef dict obs = {} if build else None
         cdef Py_ssize_t n_bad = 0, j, nf = len(feats), n = 0
         cdef tuple keys, pos
-        cdef dict s
+        cdef object s
         cdef PyObject* e
         cdef double v
+        cdef int fidx[64]  # a Summary's field index of each feature (-2: availability, -1: unknown)
+        cdef const double* sv
+        cdef bint fast = nf <= 64
+        if fast:
+            for j in range(nf):
+                f = feats[j]
+                e = PyDict_GetItem(_FIELD_INDEX, f)
+                fidx[j] = -2 if f == "availability" else (-1 if e == NULL else <int> (<object> e))
         cdef Layout lay0 = self.lay
         cdef Py_ssize_t n0 = len(lay0.keys)
         if feats is not lay0.mfeats:
@@ -306,9 +318,44 @@ cdef class Baseline:
         try:
             self._ogrow(len(summary) * nf)
             for metric in sorted(summary):
-                s = <dict> summary[metric]
+                s = summary[metric]
                 keys = feature_keys(cache, metric, feats)
                 pos = self._mpos(metric, keys)
+                if fast and type(s) is Summary:  # the engine's case: unboxed doubles, by field index
+                    sv = (<Summary> s).v
+                    for j in range(nf):
+                        if fidx[j] >= 0:
+                            v = sv[fidx[j]]
+                        elif fidx[j] == -2:
+                            e = PyDict_GetItem(expected, metric)
+                            if e == NULL:
+                                v = 1.0
+                            elif PyFloat_CheckExact(<object> e):  # count / expected, as Python divides
+                                if PyFloat_AS_DOUBLE(<object> e) != 0.0:
+                                    v = sv[0] / PyFloat_AS_DOUBLE(<object> e)
+                                    if not (v < 1.0):
+                                        v = 1.0
+                                else:
+                                    v = 1.0
+                            else:
+                                exp_o = <object> e
+                                if exp_o:
+                                    v = PyFloat_AsDouble(s["count"] / exp_o)
+                                    if not (v < 1.0):
+                                        v = 1.0
+                                else:
+                                    v = 1.0
+                        else:
+                            v = PyFloat_AsDouble(s[feats[j]])  # (raises KeyError, as the dict did)
+                        if not isfinite(v):
+                            n_bad += 1
+                            continue
+                        if build:
+                            PyDict_SetItem(obs, keys[j], v)
+                        self.opos[n] = <int> (<Py_ssize_t> pos[j])
+                        self.oval[n] = v
+                        n += 1
+                    continue
                 for j in range(nf):
                     f = feats[j]
                     if f == "availability":

@@ -7,3 +7,7 @@ cdef class Rows:
     cdef const double* ts
     cdef const double* value
     cdef Py_ssize_t start, n    # this view: rows start .. start + n of the columns
+
+
+cdef class Summary:
+    cdef double v[14]           # one metric's window summary in window.SUMMARY_FIELDS order

@@ -306,11 +306,15 @@ def test_the_route_cache_costs_well_under_4_kb_per_entity():
     router = Router({"hosts": Detector(DetectorSpec(name="hosts", group_by=("host",)))}, partitions=8)
     raws = [orjson.dumps({"samples": [{"metric": m, "labels": {"host": f"h{i}", "dc": "x"}, "value": 1.0, "ts": 60.0}
                                       for m in ("cpu", "mem") for i in range(k, k + 100)]}) for k in range(0, 2000, 100)]
+    import gc
+
+    gc.collect()  # (what is live, not garbage an earlier test's gc thresholds left uncollected)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for off, raw in enumerate(raws):
             assert router.add_message(raw, 0, off, router.outbox(), max_bytes=1 << 20, max_batch=1000)[0] == 200
+        gc.collect()
         per_entity = (tracemalloc.get_traced_memory()[0] - before) / 2000
     finally:
         tracemalloc.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import doctest
 import math
 import random
+import pickle
 import struct
 from array import array
 
@@ -118,7 +119,7 @@ def _window_summary(rng, metrics, step):
     return out
 
 
-def _run(seed, n_windows=120, feats=FEATS, reload_every=0):
+def _run(seed, n_windows=120, feats=FEATS, reload_every=0, as_summary=False):
     rng = random.Random(seed)
     metrics = ["m0", "zz", "a:b", "cpu", "m1"][: rng.randint(1, 5)]
     keys: dict = {}
@@ -130,7 +131,12 @@ def _run(seed, n_windows=120, feats=FEATS, reload_every=0):
         if step == n_windows // 2:
             metrics = metrics + ["late_metric"]  # a metric appears later
         summary = _window_summary(rng, metrics, step)
-        obs, bad = base.features(summary, expected, feats, keys)
+        if as_summary and rng.random() < 0.05:  # an expectation of 0 (int or float): availability 1
+            expected[rng.choice(metrics)] = rng.choice([0, 0.0, -0.0])
+        given = summary
+        if as_summary:  # the engine's input: window summaries as compiled Summary objects
+            given = {m: _window._summary_from([d[f] for f in SUMMARY_FIELDS]) for m, d in summary.items()}
+        obs, bad = base.features(given, expected, feats, keys)
         r_obs, r_bad = ref_features(summary, expected, feats)
         assert bits(obs) == bits(r_obs) and bad == r_bad
         x, d2, zmax, zfeat, n_z = base.standardize(PRESENCE)
@@ -174,6 +180,22 @@ def test_baseline_kernel_equals_the_python_rule_across_reloads(seed):
 def test_other_feature_sets():
     _run(7, feats=("mean", "availability"))
     _run(8, feats=("count",))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_features_of_compiled_summaries_equal_the_python_rule(seed):
+    """The fast path (unboxed Summary fields by index; availability against int, float or zero
+    expectations) gives the dict path's vector bit for bit."""
+    _run(200 + seed, as_summary=True, reload_every=11 if seed % 2 else 0)
+    _run(300 + seed, feats=("availability", "count", "mean"), as_summary=True)
+
+
+def test_features_of_a_summary_name_an_unknown_feature_as_the_dict_did():
+    acc = _window.WindowAccumulators(buffer_size=8)
+    slot = acc.alloc()
+    acc.add(slot, 0.0, 1.0, 0, 0)
+    with pytest.raises(KeyError, match="nope"):
+        Baseline().features({"m": acc.take_summary(slot)}, {}, ("mean", "nope"), {})
 
 
 @settings(max_examples=200, deadline=None)
@@ -225,14 +247,23 @@ def test_take_summary_is_summary_then_release(n):
     acc.release(a)
     used = acc.used
     got = acc.take_summary(b)
-    assert bits(got) == bits(want) and [type(v) for v in got.values()] == [type(v) for v in want.values()]
+    assert isinstance(got, _window.Summary) and dict(got) == got.to_dict()
+    assert bits(got.to_dict()) == bits(want) and [type(v) for v in got.values()] == [type(v) for v in want.values()]
+    assert list(got.items()) == list(got.to_dict().items()) and list(got) == list(SUMMARY_FIELDS)
+    assert all(bits(got[k]) == bits(want[k]) and bits(got.get(k)) == bits(want[k]) for k in SUMMARY_FIELDS)
+    assert got.get("nope", 5) == 5 and "nope" not in got and "median" in got
+    with pytest.raises(KeyError):
+        got["nope"]
+    assert got == want and want == got and not (got != want)
+    assert pickle.loads(pickle.dumps(got)) == got
     assert acc.used == used - 1
     assert tuple(got) == SUMMARY_FIELDS
 
 
-def test_module_examples():
-    """The compiled module's docstring examples (pytest collects doctests from .py files only)."""
-    res = doctest.testmod(_standardize, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+@pytest.mark.parametrize("module", [_standardize, _window])
+def test_module_examples(module):
+    """The compiled modules' docstring examples (pytest collects doctests from .py files only)."""
+    res = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert res.attempted > 0 and res.failed == 0
 
 
