@@ -42,6 +42,8 @@ from cpython.object cimport PyObject
 from cpython.dict cimport PyDict_CheckExact, PyDict_GetItemWithError
 from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE, PyFloat_AsDouble
 
+from stream.detect._standardize cimport Baseline, Layout, x_of
+
 cnp.import_array()
 
 cdef extern from *:
@@ -639,6 +641,75 @@ cdef class HSTCore:
                 free(xs)
                 free(miss)
         return out
+
+    cdef double _base_one(self, Baseline b, double inv_scale, int mode) except? -2.0:
+        """:meth:`_one` for the x of ``b``'s last ``standardize``, read from its z (no dict).
+
+        The dict path maps each of this model's feature names to the x of that key, missing
+        when the key is not in the window's vector; here the layout maps each name to its
+        position (:meth:`Layout.columns`) and the vector's positions give the values, the same
+        ``x_of(z)`` the dict held.
+        """
+        cdef double sbuf[STACK_FEATURES]
+        cdef uint8_t mbuf[STACK_FEATURES]
+        cdef double dbuf[STACK_FEATURES]
+        cdef uint8_t hbuf[STACK_FEATURES]
+        cdef double* xs = sbuf
+        cdef uint8_t* miss = mbuf
+        cdef double* dense = dbuf   # x by layout position
+        cdef uint8_t* has = hbuf    # ... and whether the vector has that position
+        cdef Layout lay = b.lay
+        cdef tuple names = self._names
+        cdef Py_ssize_t n = len(names), nl = len(lay.keys), i, j, n_miss = 0
+        cdef const int* col = lay.columns(names)
+        cdef int p
+        cdef double out
+        if n > STACK_FEATURES or nl > STACK_FEATURES:
+            xs = <double*> malloc((n if n else 1) * sizeof(double))
+            miss = <uint8_t*> malloc(n if n else 1)
+            dense = <double*> malloc((nl if nl else 1) * sizeof(double))
+            has = <uint8_t*> malloc(nl if nl else 1)
+            if xs == NULL or miss == NULL or dense == NULL or has == NULL:
+                free(xs); free(miss); free(dense); free(has)
+                raise MemoryError()
+        try:
+            for i in range(nl):
+                has[i] = 0
+            for i in range(b.zn):
+                p = b.opos[i]
+                dense[p] = x_of(b.oz[i], inv_scale)
+                has[p] = 1
+            for j in range(n):
+                p = col[j]
+                if p < 0 or not has[p]:
+                    miss[j] = 1
+                    n_miss += 1
+                else:
+                    xs[j] = dense[p]
+                    miss[j] = 0
+            if mode == 0:
+                out = self._score_buf(xs, miss if n_miss else NULL)
+            else:
+                out = self._score_learn_buf(xs, miss if n_miss else NULL, mode == 2)
+        finally:
+            if n > STACK_FEATURES or nl > STACK_FEATURES:
+                free(xs); free(miss); free(dense); free(has)
+        return out
+
+    def score_base(self, Baseline b, double inv_scale):
+        """``score_one(b.x_dict(inv_scale))`` without the dict: the engine's path (the vector of
+        the entity's last ``standardize``; held to ``score_one`` by tests/unit/test_hst.py)."""
+        if self._first_window:
+            return 0.0
+        return self._base_one(b, inv_scale, 0)
+
+    def learn_base(self, Baseline b, double inv_scale):
+        """``learn_one(b.x_dict(inv_scale))`` without the dict (the first learn, which fixes the
+        feature names, goes through the dict)."""
+        if self.structure is None:
+            self.learn_one(b.x_dict(inv_scale))
+            return
+        self._base_one(b, inv_scale, 1)
 
     def score_one(self, x):
         """Anomaly score of ``x`` in [0, 1] (high = anomalous); 0 during the first window."""

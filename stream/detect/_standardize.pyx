@@ -91,12 +91,7 @@ cdef class Layout:
     otherwise copy the layout on every window.
     """
 
-    cdef readonly list keys      # position -> key
-    cdef readonly dict index     # key -> position
-    cdef dict mpos               # metric -> tuple of positions (in mfeats order)
-    cdef readonly tuple mfeats   # the feature names mpos is for (None: not yet, mpos empty)
-    cdef readonly bint shared    # canonical: keys, index, mfeats frozen (see above)
-    cdef object __weakref__
+    # (attributes: _standardize.pxd)
 
     def __cinit__(self):
         self.keys = []
@@ -114,6 +109,24 @@ cdef class Layout:
             c.mpos = dict(self.mpos)
         c.mfeats = self.mfeats
         return c
+
+    cdef const int* columns(self, tuple names) except NULL:
+        """The layout position of each of ``names`` (-1: not one of its keys), as int32s kept
+        until another tuple is asked for or keys are appended (the engine's entities on one
+        layout have the same model names, mostly the same tuple object)."""
+        cdef Py_ssize_t j, n = len(names)
+        cdef int* m
+        cdef PyObject* p
+        if self.cmap is None or self.cn != len(self.keys) or not (names is self.cnames or names == self.cnames):
+            buf = PyBytes_FromStringAndSize(NULL, (n if n else 1) * sizeof(int))
+            m = <int*> PyBytes_AS_STRING(buf)
+            for j in range(n):
+                p = PyDict_GetItem(self.index, names[j])
+                m[j] = -1 if p == NULL else <int> (<Py_ssize_t> (<object> p))
+            self.cmap = buf
+            self.cnames = names
+            self.cn = len(self.keys)
+        return <const int*> PyBytes_AS_STRING(self.cmap)
 
     def __len__(self):
         return len(self.keys)
@@ -147,17 +160,7 @@ cdef class Baseline:
     vector of the last ``features`` call.
     """
 
-    cdef Layout lay              # keys / positions (shared; copied before a change)
-    cdef double* mean
-    cdef double* var
-    cdef char* present
-    cdef int* order              # positions in the baseline, in the order they entered it
-    cdef Py_ssize_t cap, norder
-    # the last window's vector (obs order): positions, values, z
-    cdef int* opos
-    cdef double* oval
-    cdef double* oz
-    cdef Py_ssize_t on, ocap, zn
+    # (attributes: _standardize.pxd)
 
     def __cinit__(self):
         self.lay = _shared_empty()
@@ -387,7 +390,7 @@ cdef class Baseline:
         self.zn = 0
         return obs, n_bad
 
-    def standardize(self, tuple presence, double inv_scale=0.125):
+    def standardize(self, tuple presence, double inv_scale=0.125, bint build=True):
         """z of every feature of the last vector against the baseline, and the window's tests.
 
         Returns ``(x, d2, zmax, zfeat, n_z)``: x the z squashed into [0, 1] for the trees (a dict
@@ -395,9 +398,11 @@ cdef class Baseline:
         z; n_z the number of non-degenerate features (std above a floor relative to the mean);
         zmax / zfeat the largest |z| among those whose key does not end with one of ``presence``
         (0.0 / None if none). ``x = clip(0.5 + z * inv_scale, 0, 1)`` (the engine: 1 / 8, z in
-        [-4, 4] onto [0, 1]). The z values: :meth:`z_dict`.
+        [-4, 4] onto [0, 1]). The z values: :meth:`z_dict`. With ``build=False`` x is not built
+        (``None``): the engine's trees read it from the z (``HSTCore.score_base``), and
+        :meth:`x_dict` builds the same dict later.
         """
-        cdef dict x = {}
+        cdef dict x = {} if build else None
         cdef Py_ssize_t i, p, n_z = 0
         cdef double v, m, sd, am, floor, zk, t, a, d2 = 0.0, zmax = 0.0
         cdef list keys = self.lay.keys
@@ -407,7 +412,8 @@ cdef class Baseline:
             k = keys[p]
             if not self.present[p]:
                 self.oz[i] = 0.0
-                PyDict_SetItem(x, k, 0.5)
+                if build:
+                    PyDict_SetItem(x, k, 0.5)
                 continue
             m = self.mean[p]
             v = self.oval[i]
@@ -417,8 +423,8 @@ cdef class Baseline:
             zk = (v - m) / (sd if sd > floor else floor)
             self.oz[i] = zk
             d2 += zk * zk
-            t = 0.5 + zk * inv_scale
-            PyDict_SetItem(x, k, 0.0 if t < 0.0 else (1.0 if t > 1.0 else t))
+            if build:
+                PyDict_SetItem(x, k, x_of(zk, inv_scale))
             if sd > floor:  # n_z (the Bonferroni count) includes non-degenerate presence features
                 n_z += 1
                 a = zk if zk >= 0.0 else -zk
@@ -432,6 +438,15 @@ cdef class Baseline:
     def n_obs(self):
         """The number of features in the last vector."""
         return self.on
+
+    def x_dict(self, double inv_scale=0.125):
+        """The x of the last :meth:`standardize` (what it returns with ``build=True``)."""
+        cdef dict x = {}
+        cdef list keys = self.lay.keys
+        cdef Py_ssize_t i
+        for i in range(self.zn):
+            PyDict_SetItem(x, keys[self.opos[i]], x_of(self.oz[i], inv_scale))
+        return x
 
     def obs_dict(self):
         """``{key: value}`` of the last vector (what :meth:`features` returned), in vector order."""

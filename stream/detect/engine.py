@@ -66,6 +66,7 @@ STATE_VERSION = 3  # 3: baseline and score history as binary sections (2 and 1 s
 _READABLE_VERSIONS = (1, 2, 3)
 _PART_SAMPLES, _PART_WINDOWS = b"\x21", b"\x22"  # the two parts of export_parts (version 1 of each)
 _Z_SCALE = 8.0  # z in [-4, 4] maps onto [0, 1] for the trees
+_INV_Z_SCALE = 1.0 / _Z_SCALE
 _RESOLVE_P = 1e-3  # a window counts as normal again when its distance from baseline is this probable
 # features left out of the single-feature |z| path: sample presence is the gap logic's business
 # (one missing sample of a metric with a constant count would otherwise be a "z of 16")
@@ -622,13 +623,15 @@ class Detector:
         # the largest |z| among tested features (presence features excluded), n_z: how many
         # were tested (std above a floor relative to the mean). One compiled pass
         # (stream/detect/_standardize.pyx, the Python rule in tests/unit/test_standardize.py).
-        x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES, 1.0 / _Z_SCALE)
+        # x is built as a dict only to add imputed features (0.5); otherwise the trees read it
+        # from the baseline's vector (score_base / learn_base: the same x, no dict)
+        x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES, _INV_Z_SCALE, bool(imp))
         for k in imp:
             x[k] = 0.5
         warm = ent.n_normal >= spec.warmup_windows
         if ent.model is None:
             ent.model = make_model(spec.model)
-        score = float(ent.model.score_one(x)) if warm else 0.0
+        score = (float(ent.model.score_one(x)) if imp else ent.model.score_base(base, _INV_Z_SCALE)) if warm else 0.0
         scores = ent.scores
         grade = (count_below(scores, score) / len(scores)) if (warm and scores) else 0.0  # share below
         # distance from baseline: sum of squared z against the chi-square tail (a window must be
@@ -689,7 +692,7 @@ class Detector:
         # path instead, which is imputation too)
         if not anomalous and (ent.incident is None or ent.normal_streak > 0 or not warm):
             if not imp:
-                ent.model.learn_one(x)
+                ent.model.learn_base(base, _INV_Z_SCALE)
             self._update_baseline(ent)
             if ent.n_normal > max(2, spec.warmup_windows // 2):  # the baseline's std means something by now
                 d = ent.zpeak * self._zdecay

@@ -32,6 +32,22 @@ class _Wrapped:
     def learn_one(self, x):
         self.m.learn_one(x)
 
+    def score_base(self, base, inv_scale: float) -> float:
+        """``score_one`` of the x of ``base``'s last standardize (``base.x_dict(inv_scale)``),
+        without building it for the compiled trees (a river model, from an old state, takes the
+        dict)."""
+        m = self.m
+        if hasattr(m, "score_base"):
+            return m.score_base(base, inv_scale)
+        return float(m.score_one(base.x_dict(inv_scale)))
+
+    def learn_base(self, base, inv_scale: float) -> None:
+        m = self.m
+        if hasattr(m, "learn_base"):
+            m.learn_base(base, inv_scale)
+        else:
+            m.learn_one(base.x_dict(inv_scale))
+
     def to_bytes(self) -> bytes:
         if hasattr(self.m, "to_bytes"):
             return _TAG_HST + self.m.to_bytes()

@@ -385,3 +385,48 @@ def test_compact_masses_round_trip(height):
     c = compact_masses(full, height)
     assert c.shape == (3, n_leaves)
     np.testing.assert_array_equal(expand_masses(c, height), full)
+
+
+# --- the engine's path: x read from the entity's Baseline, no dict ------------------------------
+@pytest.mark.parametrize("n_metrics,seed", [(2, 0), (5, 1), (12, 2)])  # 12 x 7 = 84 keys: past the stack buffers
+def test_score_base_and_learn_base_equal_the_dict_path(n_metrics, seed):
+    """score_base / learn_base on a Baseline's vector give score_one / learn_one of its x dict,
+    score for score and mass for mass: windows with metrics missing (names without a value),
+    a metric arriving late (a name the model never had, a layout key the model lacks), features
+    without a baseline (x 0.5), drifted baselines (cleared), a layout grown and shared."""
+    from stream.detect._standardize import Baseline
+
+    rng = np.random.default_rng(seed)
+    feats = ("mean", "std", "min", "max", "median", "count", "availability")
+    metrics = [f"m{i}" for i in range(n_metrics)]
+    keys: dict = {}
+    inv = 1.0 / 8.0
+    bases = [Baseline(), Baseline()]  # (the same keys: one shared layout)
+    by_dict = [HalfSpaceTrees(n_trees=5, height=6, window_size=20, seed=7) for _ in bases]
+    by_base = [HalfSpaceTrees(n_trees=5, height=6, window_size=20, seed=7) for _ in bases]
+    n_scored = 0
+    for step in range(400):
+        if step == 150:
+            metrics.append("late")
+        for k, base in enumerate(bases):
+            summ = {m: {"count": int(rng.integers(1, 7)), **{f: float(rng.normal(10 * (i + 1), 2 + (step > 300) * 30))
+                                                            for f in feats if f not in ("count", "availability")}}
+                    for i, m in enumerate(metrics) if rng.random() > 0.15}
+            base.features(summ, {m: 5.0 for m in metrics}, feats, keys, False)
+            x = base.standardize(("count", "availability"), inv)[0]
+            assert x == base.x_dict(inv)
+            if base.standardize(("count", "availability"), inv, False)[0] is not None:
+                raise AssertionError("build=False returns no dict")
+            s_dict, s_base = by_dict[k].score_one(x), by_base[k].score_base(base, inv)
+            assert s_base == s_dict
+            n_scored += s_dict > 0
+            by_dict[k].learn_one(x)
+            by_base[k].learn_base(base, inv)
+            base.learn(0.05 if step > 10 else 1.0 / (step + 1))
+            if rng.random() < 0.01:
+                base.clear()
+    for a, b in zip(by_dict, by_base):
+        assert a.feature_names == b.feature_names and a.counter == b.counter
+        for ma, mb in zip(a._compact_masses(), b._compact_masses()):
+            assert np.array_equal(ma, mb)
+    assert n_scored > 500  # (scores past the first window were compared)
