@@ -31,7 +31,9 @@ and the number of rows reaches a new high only a few times per level); nothing i
 before the first value, and a reset (the update after a detection) frees the block.
 """
 from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
-from libc.math cimport log, sqrt, fabs
+from libc.math cimport log, sqrt, fabs, isfinite
+
+from stream.detect._window cimport Summary
 from libc.stdint cimport uint8_t, uint16_t, int32_t, uint32_t, uint64_t
 from libc.string cimport memmove, memcpy, memset
 
@@ -460,3 +462,42 @@ cdef bint _detect(ADWIN self) noexcept:
         self._ndet += 1
     return change
 
+
+
+def step_means(dict adwins, dict summary, factory, double delta, fallback):
+    """The engine's drift pass over one closed window: each metric's window mean (``"mean"`` of
+    its summary; non-finite means skipped), metrics in sorted order, into its ADWIN (created as
+    ``factory(delta)`` for a metric seen first), as ``fallback(ad, mean) -> (before, detected)``
+    does for any ADWIN but this module's own, which is stepped here. Returns
+    ``[(metric, estimation before, the ADWIN)]`` of the metrics whose ADWIN detected a change
+    (usually empty). One call per window instead of a Python loop of five calls (held to the
+    loop by tests/unit/test_engine_adwin.py, the engine's windows either way).
+    """
+    cdef list hits = []
+    cdef double v, before
+    cdef bint detected
+    cdef ADWIN c
+    for metric in sorted(summary):
+        s = summary[metric]
+        if type(s) is Summary:
+            v = (<Summary> s).v[1]
+        else:
+            v = float(s["mean"])
+        if not isfinite(v):
+            continue
+        ad = adwins.get(metric)
+        if ad is None:
+            ad = adwins[metric] = factory(delta)
+        if type(ad) is ADWIN:
+            c = <ADWIN> ad
+            before = 0.0 if c._width == 0.0 else c._total / c._width
+            if c._drift:
+                _clear(c)
+            _insert(c, v)
+            c._drift = _detect(c)
+            detected = c._drift
+        else:
+            before, detected = fallback(ad, v)
+        if detected:
+            hits.append((metric, before, ad))
+    return hits

@@ -50,7 +50,8 @@ from libc.string cimport memcpy
 from libc.math cimport sqrt, isfinite
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.float cimport PyFloat_AsDouble
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, Py_SIZE
+from cpython cimport array as carray
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
 
@@ -595,16 +596,33 @@ ctypedef fused score_t:
     double
 
 
-def count_below(score_t[::1] scores, double score):
-    """How many of ``scores`` are strictly below ``score`` (the grade's numerator).
-
-    A float32 history (``array("f")``: see ``stream.detect.engine.score_typecode``) is compared
-    with ``score`` rounded to float32, as its entries were when appended, so equal scores stay
-    equal.
-    """
-    cdef Py_ssize_t i, n = scores.shape[0], c = 0
-    cdef score_t s = <score_t> score
+cdef Py_ssize_t _below(const score_t* scores, Py_ssize_t n, score_t s) noexcept nogil:
+    cdef Py_ssize_t i, c = 0
     for i in range(n):
         if s > scores[i]:
             c += 1
     return c
+
+
+def _count_below_view(score_t[::1] scores, double score):
+    return _below(&scores[0], scores.shape[0], <score_t> score) if scores.shape[0] else 0
+
+
+def count_below(scores, double score):
+    """How many of ``scores`` are strictly below ``score`` (the grade's numerator).
+
+    A float32 history (``array("f")``: see ``stream.detect.engine.score_typecode``) is compared
+    with ``score`` rounded to float32, as its entries were when appended, so equal scores stay
+    equal. An ``array.array`` (the engine's histories) is read in place; any other contiguous
+    float32 / float64 buffer through a memoryview.
+    """
+    cdef carray.array a
+    cdef char tc
+    if type(scores) is carray.array:
+        a = <carray.array> scores
+        tc = a.ob_descr.typecode
+        if tc == b"f":
+            return _below(a.data.as_floats, Py_SIZE(a), <float> score)
+        if tc == b"d":
+            return _below(a.data.as_doubles, Py_SIZE(a), score)
+    return _count_below_view(scores, score)

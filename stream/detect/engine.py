@@ -54,6 +54,7 @@ import orjson
 from stream.detect import _standardize
 from stream.detect._standardize import count_below
 from stream.detect.adwin import ADWIN
+from stream.detect._adwin import step_means as _step_means
 from stream.detect.models import make_model, model_from_bytes
 from stream.detect.spec import DetectorSpec
 from stream.detect._window import add_sample as _add_sample
@@ -126,6 +127,22 @@ def _adwin_step(ad, v: float) -> tuple[float, bool]:
         h = ad._helper
     ad._drift_detected = detected = h.update(v)
     return before, detected
+
+
+def _step_means_py(adwins: dict, summary: dict, factory, delta: float, step=_adwin_step) -> list:
+    """The Python rule :func:`stream.detect._adwin.step_means` compiles (its reference in tests)."""
+    hits = []
+    for metric in sorted(summary):
+        v = float(summary[metric]["mean"])
+        if not math.isfinite(v):
+            continue
+        ad = adwins.get(metric)
+        if ad is None:
+            ad = adwins[metric] = factory(delta)
+        before, detected = step(ad, v)
+        if detected:
+            hits.append((metric, before, ad))
+    return hits
 
 
 def score_typecode(params) -> str:
@@ -744,26 +761,19 @@ class Detector:
         if not self._has_mean:
             return None  # no "mean" feature: nothing to watch
         changed = []
-        summary = w.summary
-        adwins = ent.adwins
-        for metric in sorted(summary):
-            v = float(summary[metric]["mean"])  # the metric:mean feature
-            if not math.isfinite(v):
-                continue  # (left out of the features)
-            ad = adwins.get(metric)
-            if ad is None:
-                ad = adwins[metric] = ADWIN(self.spec.drift_delta)
-            before, detected = _adwin_step(ad, v)
-            if detected:
-                # statistically significant is not enough: the shift must matter against the
-                # metric's own sample noise (its baseline within-window std), or a slow daily
-                # pattern would be reported as drift all day long
-                noise = ent.base.get(f"{metric}:std") or 0.0
-                effect = abs(ad.estimation - before) / max(noise, 1e-9 * max(abs(before), 1.0))
-                if effect >= self.spec.drift_min_effect:
-                    changed.append({"metric": metric, "before_mean": before, "after_mean": ad.estimation,
-                                    "effect_size": effect,
-                                    "change_point": w.end - ad.width * self.spec.window, "window_width": ad.width})
+        # each metric's window mean (the metric:mean feature; non-finite ones are left out of
+        # the features) into its ADWIN, metrics in sorted order: one compiled call per window
+        # (stream.detect._adwin.step_means; the Python loop is _step_means_py)
+        for metric, before, ad in _step_means(ent.adwins, w.summary, ADWIN, self.spec.drift_delta, _adwin_step):
+            # statistically significant is not enough: the shift must matter against the
+            # metric's own sample noise (its baseline within-window std), or a slow daily
+            # pattern would be reported as drift all day long
+            noise = ent.base.get(f"{metric}:std") or 0.0
+            effect = abs(ad.estimation - before) / max(noise, 1e-9 * max(abs(before), 1.0))
+            if effect >= self.spec.drift_min_effect:
+                changed.append({"metric": metric, "before_mean": before, "after_mean": ad.estimation,
+                                "effect_size": effect,
+                                "change_point": w.end - ad.width * self.spec.window, "window_width": ad.width})
         if not changed:
             return None
         a = self._base(ent, w, "data_drift", "firing", info)

@@ -119,3 +119,54 @@ def test_engine_alerts_are_the_same_with_rivers_adwin(monkeypatch):
     assert all(type(a) is ADWIN for e in det.entities.values() for a in e.adwins.values())
     assert ours == theirs
     assert sum(a["kind"] == "data_drift" for a in ours) >= 3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_compiled_drift_pass_is_the_python_loop(monkeypatch, seed):
+    """_adwin.step_means (one call per window) against engine._step_means_py: the same alerts
+    and the same entity state, window for window, with drifts and a NaN mean now and then."""
+    spec = DetectorSpec(window=60, warmup_windows=20, group_by=("host",))
+
+    def level(i, metric):
+        return _level(i, metric) + (float("nan") if metric == "mem" and i % 3001 == 7 else 0.0)
+
+    def run():
+        det = Detector(spec)
+        alerts = _comparable(_feed(det, random.Random(seed), 0, 400 * 60, level))
+        return alerts, {e: det.export_state(e) for e in det.entities}
+
+    compiled = run()
+    calls = []
+
+    def py(*a):
+        calls.append(1)
+        return engine._step_means_py(*a)
+
+    monkeypatch.setattr(engine, "_step_means", py)
+    python = run()
+    assert calls and repr(compiled) == repr(python)  # (repr: a NaN window mean equals itself)
+    assert sum(a["kind"] == "data_drift" for a in compiled[0]) >= 3
+
+
+def test_step_means_of_summaries_and_dicts_and_other_adwins():
+    """Summary objects and dicts, metrics in sorted order, created by the factory, non-compact
+    ADWINs through the fallback, NaN means skipped."""
+    from stream.detect import _adwin, _window
+
+    fields = _window.SUMMARY_FIELDS
+    rng = random.Random(3)
+    a_c, a_p = {}, {}
+    for i in range(600):
+        lvl = 0.0 if i < 300 else 8.0
+        means = {m: lvl + rng.gauss(0, 1) for m in ("z", "a", "m")}
+        means["m"] = float("nan") if i % 50 == 0 else means["m"]
+        summ = {m: _window._summary_from([1, v] + [0.0] * 12) if m != "a" else {"mean": v} for m, v in means.items()}
+        if i == 0:
+            a_c["a"] = ADWIN(delta=0.01)  # (river's: the fallback steps it)
+            a_p["a"] = ADWIN(delta=0.01)
+        got = _adwin.step_means(a_c, summ, CompactADWIN, 0.01, engine._adwin_step)
+        want = engine._step_means_py(a_p, summ, CompactADWIN, 0.01)
+        assert [(m, b) for m, b, _ in got] == [(m, b) for m, b, _ in want]
+        assert list(a_c) == list(a_p)
+    assert type(a_c["z"]) is CompactADWIN and type(a_c["a"]) is ADWIN
+    assert (a_c["z"].width, a_c["z"].total) == (a_p["z"].width, a_p["z"].total)
