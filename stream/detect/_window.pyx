@@ -585,13 +585,26 @@ def fold_rows(WindowAccumulators acc, dict entities, dict heaps, double size, do
     ``tests/unit/test_core.py`` holds it to the Python loop (``Detector._fold_py``): the same
     alerts and state on streams with gaps, late samples and anomalies.
     """
-    cdef Py_ssize_t n = len(rows), late = 0
+    cdef Py_ssize_t late = 0
+    cdef double seen = last_seen
+    cdef int why = _fold_rows(acc, entities, heaps, size, lateness, gap_span, entity, mlast, &seen,
+                              gap_open, rows, &i, offset, partition, lane, &late)
+    return i, seen, late, why
+
+
+cdef int _fold_rows(WindowAccumulators acc, dict entities, dict heaps, double size, double lateness,
+                    double gap_span, entity, dict mlast, double* seen, bint gap_open, rows,
+                    Py_ssize_t* at, long offset, long partition, lane, Py_ssize_t* n_late) except -1:
+    """:func:`fold_rows` in C: ``*at`` (the row), ``*seen`` (last_seen) and ``*n_late`` updated in
+    place; returns ``why``."""
+    cdef Py_ssize_t n = len(rows), late = 0, i = at[0]
     cdef object row, metric, ts_o, starts
     cdef PyObject* p
-    cdef double ts, prev, value
+    cdef double ts, prev, value, last_seen = seen[0]
     cdef EntityWindows rec
     cdef Rows cols = rows if type(rows) is Rows else None
     cdef list lst = rows if type(rows) is list else None
+    cdef int why = 0
     if cols is None and lst is None:
         raise TypeError("rows must be a list or Rows")
     while i < n:
@@ -613,7 +626,8 @@ def fold_rows(WindowAccumulators acc, dict entities, dict heaps, double size, do
             prev = <double> <object> p
             if ts > prev:
                 if gap_open or ts - prev > gap_span:
-                    return i, last_seen, late, 1
+                    why = 1
+                    break
                 mlast[metric] = ts if ts_o is None else ts_o
         if ts > last_seen:
             last_seen = ts
@@ -624,5 +638,55 @@ def fold_rows(WindowAccumulators acc, dict entities, dict heaps, double size, do
             starts = (<EntityWindows> <object> p).starts if p != NULL else None
         i += 1
         if starts and <double> (<list> starts)[0] <= last_seen - size - lateness:
-            return i, last_seen, late, 2
-    return i, last_seen, late, 0
+            why = 2
+            break
+    at[0] = i
+    seen[0] = last_seen
+    n_late[0] += late
+    return why
+
+
+def fold_chunks(WindowAccumulators acc, dict entities, dict heaps, double size, double lateness,
+                double gap_span, entity, dict mlast, double last_seen, bint gap_open, list chunks,
+                Py_ssize_t ci, Py_ssize_t i, dict cursor, bint take_first, Py_ssize_t unchecked, lane):
+    """:func:`fold_rows` over an entity's chunks ``(source partition, source offset, rows)`` of
+    one internal message (``Detector.ingest_chunks``), from ``chunks[ci]``'s row ``i`` on, with
+    the cursor of source offsets: a chunk whose offset is at or below ``cursor[partition]`` is
+    skipped (already folded in before a restart) unless it is chunk ``unchecked`` (the chunk
+    that created the entity), a chunk fully folded in moves ``cursor[partition]`` up to its
+    offset. ``take_first``: the entity needs the Python path for its next sample (it is not
+    watched for silence yet), so stop at it.
+
+    Returns ``(ci, i, last_seen, late samples, why, folded)``, ``why`` as :func:`fold_rows`
+    (0: every chunk done; 1: ``chunks[ci]``'s row ``i`` is the Python path's; 2: close windows,
+    then call again) and ``folded`` whether some chunk was (or is being) folded in. A chunk
+    resumed part way (``i > 0``) is not checked against the cursor again.
+    """
+    cdef Py_ssize_t nc = len(chunks), late = 0, n
+    cdef bint folded = False
+    cdef object sp, so, r
+    cdef PyObject* p
+    cdef int why
+    cdef double seen = last_seen
+    while ci < nc:
+        sp, so, r = chunks[ci]
+        if i == 0 and ci != unchecked:
+            p = PyDict_GetItem(cursor, sp)
+            if p != NULL and so <= <object> p:
+                ci += 1
+                continue
+        folded = True
+        n = len(r)
+        if i < n:
+            if take_first:
+                return ci, i, seen, late, 1, folded
+            why = _fold_rows(acc, entities, heaps, size, lateness, gap_span, entity, mlast, &seen,
+                             gap_open, r, &i, so, sp, lane, &late)
+            if why != 0:
+                return ci, i, seen, late, why, folded
+        p = PyDict_GetItem(cursor, sp)  # the chunk is done
+        if p == NULL or so > <object> p:
+            cursor[sp] = so
+        ci += 1
+        i = 0
+    return ci, i, seen, late, 0, folded

@@ -60,6 +60,7 @@ from stream.detect.spec import DetectorSpec
 from stream.detect._window import add_sample as _add_sample
 from stream.detect._window import Rows
 from stream.detect._window import fold_rows as _fold_rows
+from stream.detect._window import fold_chunks as _fold_chunks
 from stream.detect.window import ClosedWindow, WindowStore
 
 STATE_VERSION = 3  # 3: baseline and score history as binary sections (2 and 1 still read)
@@ -333,7 +334,51 @@ class Detector:
         """:meth:`ingest_rows` for each chunk ``(source partition, source offset, rows)`` of one
         entity (an internal message's, in order), skipping the chunks the entity already folded
         in (:meth:`seen`) and advancing its cursor; returns ``(alerts, whether any was folded)``.
-        The worker's path: one call per entity and internal message."""
+        The worker's path: one call per entity and internal message.
+
+        The loop over chunks and rows, the cursor included, is compiled
+        (:func:`stream.detect._window.fold_chunks`): it hands back only what :meth:`ingest_rows`
+        hands to Python (a sample after a long gap, an entity to watch, window closes). The
+        result is :meth:`_ingest_chunks_py`'s, alert for alert and state for state
+        (``tests/unit/test_engine_rows.py``)."""
+        if type(chunks) is not list:
+            chunks = list(chunks)
+        ent = self.entities.get(eid)
+        unchecked = -1
+        if ent is None:  # (created as ingest_rows creates it; its first chunk is not checked)
+            eid = sys.intern(eid)
+            ent = self.entities[eid] = _Entity(eid, elabels, lane, self._score_type)
+            unchecked = 0
+        else:
+            eid = ent.id
+        out: list[dict] = []
+        windows = self.windows
+        acc, wents, heaps, size, lateness = windows.acc, windows.entities, windows.heaps, windows.size, windows.lateness
+        gap_span = self._gap_span
+        watching = self._watching
+        cursor = ent.cursor
+        ci = i = 0
+        folded = False
+        while True:
+            ci, i, ent.last_seen, late, why, f = _fold_chunks(
+                acc, wents, heaps, size, lateness, gap_span, eid, ent.mlast, ent.last_seen, ent.gap is not None,
+                chunks, ci, i, cursor, ent.watch is None and watching, unchecked, lane)
+            if f:
+                folded = True
+            if late:
+                windows.late += late
+                self.late += late
+            if why == 0:
+                return out, folded
+            if why == 1:
+                src_p, src_o, rows = chunks[ci]
+                out += self._fold_py(ent, rows, i, i + 1, src_o, src_p, lane)
+                i += 1
+            else:
+                out += self._emit(windows.close_entity(eid, ent.last_seen))
+
+    def _ingest_chunks_py(self, eid: str, elabels: dict[str, str], chunks: Iterable[Sequence], lane: int = 0) -> tuple[list[dict], bool]:
+        """:meth:`ingest_chunks` as a Python loop over :meth:`ingest_rows` (its reference in tests)."""
         alerts: list[dict] = []
         folded = False
         ent = self.entities.get(eid)
