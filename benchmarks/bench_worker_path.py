@@ -6,8 +6,9 @@ entities' scrapes, pre-serialized by :class:`loadtest.run.Feed` from a
 to its internal partitions (:class:`stream.routing.Router`), decoded again as the ingest agent
 does (:func:`stream.routing.decode_payload`) and every sample is folded into its entity
 (:meth:`stream.detect.engine.Detector.ingest`, closing and scoring windows); every
-``--commit-every`` messages the entities touched since the last commit are serialized
-(:meth:`~stream.detect.engine.Detector.export_state` + ``stream.worker.pack_state``).
+``--commit-every`` messages the entities touched since the last commit are serialized as the
+worker writes them (:meth:`~stream.detect.engine.Detector.export_parts`, or ``export_state`` in
+a checkout from before it, + ``stream.worker.pack_state``).
 Prints samples/s (best of ``--repeat`` runs, a fresh detector each).
 
 The code measured is the tree given by ``--repo`` (default: the current directory), so one copy
@@ -90,6 +91,7 @@ def main(argv=None) -> None:
     compiled = hasattr(Router, "add_message")
     rows_api = hasattr(Detector, "ingest_rows") and not args.row_by_row
     chunks_api = hasattr(Detector, "ingest_chunks") and not args.row_by_row
+    parts_api = hasattr(Detector, "export_parts")
     try:
         from stream.worker import pack_state as pack
     except ImportError:
@@ -139,8 +141,14 @@ def main(argv=None) -> None:
                     det.advance_cursor(eid, csp, cso)
                     dirty[eid] = det
             if i % args.commit_every == args.commit_every - 1:
-                for eid, det in dirty.items():
-                    pack(det.export_state(eid))  # as the worker stores it
+                for eid, det in dirty.items():  # as the worker stores it
+                    if parts_api:  # the sample part, and the window part when a window closed
+                        fast, slow, _slot = det.export_parts(eid)
+                        pack(fast)
+                        if slow is not None:
+                            pack(slow)
+                    else:
+                        pack(det.export_state(eid))
                     n_exports += 1
                 dirty.clear()
         return n_alerts, n_exports

@@ -294,12 +294,8 @@ class Detector:
         is looked up once, not once per sample. The same alerts and state as calling
         :meth:`ingest` row by row (``tests/unit/test_core.py``).
         """
-        ent = self.entities.get(eid)
-        if ent is None:
-            eid = sys.intern(eid)  # one string object per entity in every index that holds it
-            ent = self.entities[eid] = _Entity(eid, elabels, lane, self._score_type)
-        else:
-            eid = ent.id
+        ent = self.entities.get(eid) or self._new_entity(eid, elabels, lane)
+        eid = ent.id
         if type(rows) is not list and type(rows) is not Rows:
             rows = list(rows)
         out: list[dict] = []
@@ -330,6 +326,11 @@ class Detector:
                 out += self._emit(windows.close_entity(eid, ent.last_seen))
         return out
 
+    def _new_entity(self, eid: str, elabels: dict[str, str], lane: int) -> _Entity:
+        eid = sys.intern(eid)  # one string object per entity in every index that holds it
+        ent = self.entities[eid] = _Entity(eid, elabels, lane, self._score_type)
+        return ent
+
     def ingest_chunks(self, eid: str, elabels: dict[str, str], chunks: Iterable[Sequence], lane: int = 0) -> tuple[list[dict], bool]:
         """:meth:`ingest_rows` for each chunk ``(source partition, source offset, rows)`` of one
         entity (an internal message's, in order), skipping the chunks the entity already folded
@@ -345,12 +346,10 @@ class Detector:
             chunks = list(chunks)
         ent = self.entities.get(eid)
         unchecked = -1
-        if ent is None:  # (created as ingest_rows creates it; its first chunk is not checked)
-            eid = sys.intern(eid)
-            ent = self.entities[eid] = _Entity(eid, elabels, lane, self._score_type)
+        if ent is None:  # (its first chunk is not checked against the cursor: it has none)
+            ent = self._new_entity(eid, elabels, lane)
             unchecked = 0
-        else:
-            eid = ent.id
+        eid = ent.id
         out: list[dict] = []
         windows = self.windows
         acc, wents, heaps, size, lateness = windows.acc, windows.entities, windows.heaps, windows.size, windows.lateness
@@ -927,27 +926,33 @@ class Detector:
         numbers, formatting them was most of the export's time. Native byte order (little-endian
         on every platform this runs on), as for the internal messages.
         """
-        import pickle
-
         ent = self.entities[eid]
-        keys, base = ent.base.state()
-        scores = ent.scores
-        body = {
-            "labels": ent.labels, "lane": ent.lane, "keys": keys, "n_normal": ent.n_normal,
-            "n_windows": ent.n_windows, "score_type": scores.typecode, "expected": ent.expected,
-            "incident": ent.incident, "normal_streak": ent.normal_streak,
-            "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
-            "last_end": ent.last_end if math.isfinite(ent.last_end) else None,
+        return self._window_sections(ent, bytes([STATE_VERSION]), {
+            "labels": ent.labels, "lane": ent.lane,
             "last_seen": ent.last_seen if math.isfinite(ent.last_seen) else None,
             "metrics": sorted(ent.mlast), "windows": self.windows.export_entity(eid),
-            "cursor": {str(k): v for k, v in ent.cursor.items()},
-            "mlast": ent.mlast, "mwin": ent.mwin, "gap": ent.gap, "zpeak": ent.zpeak,
-        }
+            "cursor": {str(k): v for k, v in ent.cursor.items()}, "mlast": ent.mlast, "gap": ent.gap})
+
+    @staticmethod
+    def _window_sections(ent: _Entity, tag: bytes, head: dict) -> bytes:
+        """``tag | u32 n | JSON head | u32 m | model | u32 b | baseline | u32 s | scores | ADWINs``:
+        the sections of what only a closed window changes (version 3's layout, and the window
+        part's), the JSON head holding ``head`` and the window-close fields."""
+        import pickle
+
+        keys, base = ent.base.state()
+        scores = ent.scores
+        head.update({
+            "n_windows": ent.n_windows, "keys": keys, "n_normal": ent.n_normal, "score_type": scores.typecode,
+            "expected": ent.expected, "incident": ent.incident, "normal_streak": ent.normal_streak,
+            "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
+            "last_end": ent.last_end if math.isfinite(ent.last_end) else None,
+            "mwin": ent.mwin, "zpeak": ent.zpeak})
+        head_b = orjson.dumps(head)
         model = ent.model.to_bytes() if ent.model is not None else b""
         adw = pickle.dumps(ent.adwins, protocol=5) if ent.adwins else b""
-        head = orjson.dumps(body)
         sb = scores.tobytes()
-        return b"".join((bytes([STATE_VERSION]), len(head).to_bytes(4, "big"), head, len(model).to_bytes(4, "big"), model,
+        return b"".join((tag, len(head_b).to_bytes(4, "big"), head_b, len(model).to_bytes(4, "big"), model,
                          len(base).to_bytes(4, "big"), base, len(sb).to_bytes(4, "big"), sb, adw))
 
     # The state in two parts (the worker's table keeps them as separate records): what a sample
@@ -975,21 +980,7 @@ class Detector:
         ent = self.entities[eid]
         slow = None
         if full or ent.saved_windows != ent.n_windows:
-            import pickle
-
-            keys, base = ent.base.state()
-            scores = ent.scores
-            head = orjson.dumps({
-                "n_windows": ent.n_windows, "keys": keys, "n_normal": ent.n_normal, "score_type": scores.typecode,
-                "expected": ent.expected, "incident": ent.incident, "normal_streak": ent.normal_streak,
-                "cooldown_until": ent.cooldown_until if math.isfinite(ent.cooldown_until) else None,
-                "last_end": ent.last_end if math.isfinite(ent.last_end) else None,
-                "mwin": ent.mwin, "zpeak": ent.zpeak})
-            model = ent.model.to_bytes() if ent.model is not None else b""
-            adw = pickle.dumps(ent.adwins, protocol=5) if ent.adwins else b""
-            sb = scores.tobytes()
-            slow = b"".join((_PART_WINDOWS, len(head).to_bytes(4, "big"), head, len(model).to_bytes(4, "big"), model,
-                             len(base).to_bytes(4, "big"), base, len(sb).to_bytes(4, "big"), sb, adw))
+            slow = self._window_sections(ent, _PART_WINDOWS, {})
             ent.saved_windows = ent.n_windows
             ent.wslot = 1 - ent.wslot
         fast = {"labels": ent.labels, "lane": ent.lane, "n_windows": ent.n_windows, "wslot": ent.wslot,
