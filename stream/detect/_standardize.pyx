@@ -61,6 +61,27 @@ from stream.detect._window import _FIELD_INDEX
 import weakref
 
 
+cdef double _availability(object s, const double* sv, dict expected, object metric) except? -1.0:
+    """The window's sample count over the metric's expected count, capped at 1 (1 without an
+    expectation, or a zero one), as Python divides ``s["count"] / expected`` (int / float or int
+    / int); ``sv``: the Summary's fields when ``s`` is one (its count is ``sv[0]``)."""
+    cdef PyObject* e = PyDict_GetItem(expected, metric)
+    cdef double v, d
+    if e == NULL:
+        return 1.0
+    if sv != NULL and PyFloat_CheckExact(<object> e):
+        d = PyFloat_AS_DOUBLE(<object> e)
+        if d == 0.0:
+            return 1.0
+        v = sv[0] / d
+    else:
+        exp_o = <object> e
+        if not exp_o:
+            return 1.0
+        v = PyFloat_AsDouble(s["count"] / exp_o)
+    return v if v < 1.0 else 1.0  # (min(1.0, v); a NaN gives 1.0, as before)
+
+
 def feature_keys(dict cache, object metric, tuple feats):
     """The ``"metric:feature"`` keys of a metric in ``feats`` order, built once and kept in ``cache``
     (one cache per ``feats`` tuple)."""
@@ -325,57 +346,15 @@ cdef class Baseline:
                 s = summary[metric]
                 keys = feature_keys(cache, metric, feats)
                 pos = self._mpos(metric, keys)
-                if fast and type(s) is Summary:  # the engine's case: unboxed doubles, by field index
-                    sv = (<Summary> s).v
-                    for j in range(nf):
-                        if fidx[j] >= 0:
-                            v = sv[fidx[j]]
-                        elif fidx[j] == -2:
-                            e = PyDict_GetItem(expected, metric)
-                            if e == NULL:
-                                v = 1.0
-                            elif PyFloat_CheckExact(<object> e):  # count / expected, as Python divides
-                                if PyFloat_AS_DOUBLE(<object> e) != 0.0:
-                                    v = sv[0] / PyFloat_AS_DOUBLE(<object> e)
-                                    if not (v < 1.0):
-                                        v = 1.0
-                                else:
-                                    v = 1.0
-                            else:
-                                exp_o = <object> e
-                                if exp_o:
-                                    v = PyFloat_AsDouble(s["count"] / exp_o)
-                                    if not (v < 1.0):
-                                        v = 1.0
-                                else:
-                                    v = 1.0
-                        else:
-                            v = PyFloat_AsDouble(s[feats[j]])  # (raises KeyError, as the dict did)
-                        if not isfinite(v):
-                            n_bad += 1
-                            continue
-                        if build:
-                            PyDict_SetItem(obs, keys[j], v)
-                        self.opos[n] = <int> (<Py_ssize_t> pos[j])
-                        self.oval[n] = v
-                        n += 1
-                    continue
+                # the engine's windows are Summary objects: unboxed doubles, read by field index
+                sv = (<Summary> s).v if (fast and type(s) is Summary) else NULL
                 for j in range(nf):
-                    f = feats[j]
-                    if f == "availability":
-                        e = PyDict_GetItem(expected, metric)
-                        if e == NULL:
-                            v = 1.0
-                        else:
-                            exp_o = <object> e
-                            if exp_o:
-                                v = PyFloat_AsDouble(s["count"] / exp_o)  # as Python divides (int / float)
-                                if not (v < 1.0):  # min(1.0, v)
-                                    v = 1.0
-                            else:
-                                v = 1.0
+                    if sv != NULL and fidx[j] >= 0:
+                        v = sv[fidx[j]]
+                    elif (fidx[j] == -2) if fast else (feats[j] == "availability"):
+                        v = _availability(s, sv, expected, metric)
                     else:
-                        v = PyFloat_AsDouble(s[f])
+                        v = PyFloat_AsDouble(s[feats[j]])  # (a missing feature raises KeyError)
                     if not isfinite(v):
                         n_bad += 1
                         continue

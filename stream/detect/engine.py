@@ -299,10 +299,7 @@ class Detector:
         if type(rows) is not list and type(rows) is not Rows:
             rows = list(rows)
         out: list[dict] = []
-        windows = self.windows
-        acc, wents, heaps, size, lateness = windows.acc, windows.entities, windows.heaps, windows.size, windows.lateness
-        gap_span = self._gap_span
-        watching = self._watching
+        windows, acc, wents, heaps, size, lateness, gap_span, watching = self._fold_args()
         fold_py = self._fold_py
         i, n = 0, len(rows)
         # the compiled loop (stream.detect._window.fold_rows) folds samples in until one needs the
@@ -325,6 +322,12 @@ class Detector:
             elif why == 2:
                 out += self._emit(windows.close_entity(eid, ent.last_seen))
         return out
+
+    def _fold_args(self) -> tuple:
+        """What the compiled sample loops take besides the entity: the window store, its pool,
+        index, heaps, window size and lateness, the gap span and whether silence is watched."""
+        w = self.windows
+        return w, w.acc, w.entities, w.heaps, w.size, w.lateness, self._gap_span, self._watching
 
     def _new_entity(self, eid: str, elabels: dict[str, str], lane: int) -> _Entity:
         eid = sys.intern(eid)  # one string object per entity in every index that holds it
@@ -351,10 +354,7 @@ class Detector:
             unchecked = 0
         eid = ent.id
         out: list[dict] = []
-        windows = self.windows
-        acc, wents, heaps, size, lateness = windows.acc, windows.entities, windows.heaps, windows.size, windows.lateness
-        gap_span = self._gap_span
-        watching = self._watching
+        windows, acc, wents, heaps, size, lateness, gap_span, watching = self._fold_args()
         cursor = ent.cursor
         ci = i = 0
         folded = False
