@@ -44,7 +44,6 @@ _FIELDS = ("count", "mean", "std", "min", "max", "median", "iqr", "delta", "slop
 
 
 _FIELD_INDEX = {f: i for i, f in enumerate(_FIELDS)}
-SUMMARY_INT_FIELDS = frozenset(("count", "first_offset", "last_offset", "partition"))
 
 
 cdef inline object _field(const double* v, Py_ssize_t i):
@@ -62,7 +61,7 @@ cdef class Summary:
     per metric (4.5 us of a 5-metric window's ~24 us); the feature pass reads these doubles
     directly (:meth:`stream.detect._standardize.Baseline.features`), and everything else reads
     it like the dict it replaces (``s["count"]``, ``s.get``, ``s.items()``, ``dict(s)``, ``==``
-    against a dict). Held to that dict by ``tests/unit/test_window_store.py``.
+    against a dict). Held to that dict by ``tests/unit/test_standardize.py``.
 
     >>> from stream.detect._window import WindowAccumulators
     >>> acc = WindowAccumulators(4)
@@ -289,34 +288,11 @@ cdef class WindowAccumulators:
         q[1] = _quantile_sorted(tmp, k, 0.5)
         q[2] = _quantile_sorted(tmp, k, 0.75)
 
-    def summary(self, long slot):
-        """(count, mean, std, min, max, median, iqr, delta, slope, first_ts, last_ts, first_offset, last_offset, partition)."""
-        cdef double[:, ::1] a = self.acc
-        cdef double n = a[slot, C_N]
-        cdef double q1, med, q3
-        if n == 0:
-            return (0, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, NAN, -1, -1, -1)
-        cdef double q[3]
-        self._quartiles(slot, n, q)
-        q1, med, q3 = q[0], q[1], q[2]
-        std = sqrt(a[slot, C_M2] / n)
-        slope = a[slot, C_C_TV] / a[slot, C_M2_T] if a[slot, C_M2_T] > 0 else 0.0
-        return (int(n), a[slot, C_MEAN], std, a[slot, C_MIN], a[slot, C_MAX], float(med), float(q3 - q1),
-                a[slot, C_LAST_V] - a[slot, C_FIRST_V], slope, a[slot, C_FIRST_T], a[slot, C_LAST_T],
-                int(a[slot, C_FIRST_OFF]), int(a[slot, C_LAST_OFF]), int(a[slot, C_PART]))
-
-    def take_summary(self, long slot):
-        """:meth:`summary` as a :class:`Summary` (a read-only mapping keyed by
-        ``window.SUMMARY_FIELDS``), then release the slot.
-
-        The same values (and types) as ``dict(zip(SUMMARY_FIELDS, summary(slot)))`` followed by
-        ``release(slot)``, built in one call (once per metric of every closed window) as one
-        object of 14 unboxed doubles instead of a dict of 14 boxed numbers.
-        """
+    cdef void _fill_summary(self, long slot, double* v) noexcept:
+        """v[0..13] = the slot's summary in ``SUMMARY_FIELDS`` order (count, first_offset,
+        last_offset and partition as whole numbers: ``_field`` gives them as ints)."""
         cdef double* a = <double*> cnp.PyArray_DATA(self.acc) + slot * NCOL
         cdef double n = a[C_N]
-        cdef Summary out = Summary.__new__(Summary)
-        cdef double* v = out.v
         cdef double q[3]
         cdef int i
         if n == 0:
@@ -324,22 +300,35 @@ cdef class WindowAccumulators:
             for i in range(1, 11):
                 v[i] = NAN
             v[11] = v[12] = v[13] = -1.0
-        else:
-            self._quartiles(slot, n, q)
-            v[0] = n
-            v[1] = a[C_MEAN]
-            v[2] = sqrt(a[C_M2] / n)
-            v[3] = a[C_MIN]
-            v[4] = a[C_MAX]
-            v[5] = q[1]
-            v[6] = q[2] - q[0]
-            v[7] = a[C_LAST_V] - a[C_FIRST_V]
-            v[8] = a[C_C_TV] / a[C_M2_T] if a[C_M2_T] > 0 else 0.0
-            v[9] = a[C_FIRST_T]
-            v[10] = a[C_LAST_T]
-            v[11] = <double> <long long> a[C_FIRST_OFF]  # (as int() of the dict truncated them)
-            v[12] = <double> <long long> a[C_LAST_OFF]
-            v[13] = <double> <long long> a[C_PART]
+            return
+        self._quartiles(slot, n, q)
+        v[0] = n
+        v[1] = a[C_MEAN]
+        v[2] = sqrt(a[C_M2] / n)
+        v[3] = a[C_MIN]
+        v[4] = a[C_MAX]
+        v[5] = q[1]
+        v[6] = q[2] - q[0]
+        v[7] = a[C_LAST_V] - a[C_FIRST_V]
+        v[8] = a[C_C_TV] / a[C_M2_T] if a[C_M2_T] > 0 else 0.0
+        v[9] = a[C_FIRST_T]
+        v[10] = a[C_LAST_T]
+        v[11] = <double> <long long> a[C_FIRST_OFF]  # (int() truncates the same way)
+        v[12] = <double> <long long> a[C_LAST_OFF]
+        v[13] = <double> <long long> a[C_PART]
+
+    def summary(self, long slot):
+        """(count, mean, std, min, max, median, iqr, delta, slope, first_ts, last_ts, first_offset, last_offset, partition)."""
+        cdef double v[14]
+        self._fill_summary(slot, v)
+        return tuple([_field(v, i) for i in range(14)])
+
+    def take_summary(self, long slot):
+        """:meth:`summary` as a :class:`Summary` (a read-only mapping keyed by
+        ``window.SUMMARY_FIELDS``), then release the slot: one object of 14 unboxed doubles
+        instead of a dict of 14 boxed numbers (once per metric of every closed window)."""
+        cdef Summary out = Summary.__new__(Summary)
+        self._fill_summary(slot, out.v)
         self.release(slot)
         return out
 
