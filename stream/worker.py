@@ -70,9 +70,6 @@ def ssl_context(s: Settings):
     return ctx
 
 
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
 def window_key(key: bytes, slot: int) -> bytes:
     """The table key of slot 0 or 1 of the part of an entity's state that only closed windows
     change (model, baseline, score history, ...; ``Detector.export_parts``): a NUL byte, the
@@ -81,21 +78,35 @@ def window_key(key: bytes, slot: int) -> bytes:
     return b"\x00" + b"01"[slot:slot + 1] + key
 
 
-def pack_state(blob: bytes) -> bytes:
-    """An entity's state as stored in the table: zstd level 1 over the engine's versioned bytes.
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# first two bytes of a state packed by pack_state: an LZ4 block with its size stored after them.
+# No other stored form starts with 0xB4: engine versions start with 1-3 (whole states) or 0x21 /
+# 0x22 (parts), zlib with 0x78, zstd with 0x28.
+_LZ4_TAG = b"\xb4\x01"
 
-    The state (model, baseline, score history, ADWIN, open windows; ~18 KB for a 5-metric entity)
-    compresses ~5x; the changelog is the worker's largest output by far, and every entity a commit
-    interval changed is written once per commit. zstd level 1 (cramjam, already installed as
-    aiokafka's codec library) took 70 µs per 17.7 KB state against 202 µs for zlib level 1, the
-    codec before, and is 9 % smaller (3.7 KB vs 4.0 KB); at 1,000 entities and a 1 s commit
-    interval zlib alone was ~20 % of the worker's CPU."""
-    return bytes(cramjam.zstd.compress(blob, level=1))
+
+def pack_state(blob: bytes) -> bytes:
+    """An entity's state as stored in the table: an LZ4 block (a 2-byte tag, the size, the block)
+    over the engine's versioned bytes.
+
+    Every entity a commit interval changed is written once per commit (its sample part, and its
+    window part when a window closed), so the codec's CPU is paid by every entity once per
+    commit: at the load test's max rate ~2,000 records per commit. LZ4 against zstd level 1
+    (cramjam; the codec before), side by side on load-test states (``benchmarks/bench_state_codec.py``):
+    3.2 vs 15.0 µs for a 1.5 KB sample part, 10.9 vs 36.9 µs for a 9.9 KB window part, for an
+    output ~25 % larger (5.6 vs 4.5 KB per entity): ≈ 38 µs per entity and commit saved; the
+    changelog's bytes matter less here than the worker's CPU on 2 shared cores. (zlib
+    level 1 before zstd cost ~3x zstd's time.) Read by :func:`unpack_state`, which reads the
+    earlier codecs too."""
+    return _LZ4_TAG + bytes(cramjam.lz4.compress_block(blob))
 
 
 def unpack_state(stored: bytes) -> bytes:
-    """Inverse of :func:`pack_state`. State written by earlier versions is read too: zlib streams
-    (first byte 0x78) and uncompressed state (engine versions start with byte 1, 2 or 3)."""
+    """Inverse of :func:`pack_state`. State written by earlier versions is read too: zstd frames
+    (the codec until 2026-12-07), zlib streams (first byte 0x78) and uncompressed state (engine
+    versions start with byte 1, 2 or 3)."""
+    if stored[:2] == _LZ4_TAG:
+        return bytes(cramjam.lz4.decompress_block(stored[2:]))
     if stored[:4] == _ZSTD_MAGIC:
         return bytes(cramjam.zstd.decompress(stored))
     return zlib.decompress(stored) if stored[:1] == b"\x78" else stored

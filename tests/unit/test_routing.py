@@ -171,8 +171,11 @@ def test_a_future_timestamp_is_deadlettered_and_the_rest_of_the_batch_kept():
     assert len(good) == 1 and not bad
 
 
-def test_stored_entity_state_is_compressed_and_older_zlib_or_uncompressed_state_still_loads():
+def test_stored_entity_state_is_compressed_and_older_zstd_zlib_or_uncompressed_state_still_loads():
     import random
+    import zlib
+
+    import cramjam
 
     from stream.worker import pack_state, unpack_state
 
@@ -183,11 +186,12 @@ def test_stored_entity_state_is_compressed_and_older_zlib_or_uncompressed_state_
     eid = next(iter(det.entities))
     raw = det.export_state(eid)
     stored = pack_state(raw)
-    assert len(stored) < len(raw) / 2
-    import zlib
-
-    # compressed (zstd), as written by earlier versions (zlib level 1), and before compression
-    for blob in (stored, zlib.compress(raw, 1), raw):
+    assert stored[:2] == b"\xb4\x01" and len(stored) < len(raw) / 2
+    fast, slow, _slot = det.export_parts(eid)
+    for part in (fast, slow):  # the records the worker writes
+        assert unpack_state(pack_state(part)) == part
+    # LZ4 (now), zstd (until 2026-12-07), zlib level 1 (before that), and before compression
+    for blob in (stored, bytes(cramjam.zstd.compress(raw, level=1)), zlib.compress(raw, 1), raw):
         other = Detector(det.spec)
         other.import_state(eid, unpack_state(blob))
         assert other.export_state(eid) == raw
