@@ -266,7 +266,8 @@ def decode_v4(bytes raw, bint columns=False):
     """``{entity id: (entity labels, [[source partition, source offset, rows], ...])}`` of a
     version-4 internal message; rows ``(metric, ts, value)``, an entity's in arrival order and
     grouped by source message as version 3 had them: a list of tuples, or with ``columns`` a
-    :class:`stream.detect._window.Rows` (the worker's path: no object per sample)."""
+    :class:`stream.detect._window.Rows` (the worker's path: no object per sample) and the entity
+    labels as their JSON bytes (parsed by the engine only for an entity it does not hold)."""
     cdef const char* buf = PyBytes_AS_STRING(raw)
     cdef Py_ssize_t size = len(raw), at = 1, i, ln
     cdef uint32_t n_str, n_ent, n_rec, ei, li
@@ -292,7 +293,9 @@ def decode_v4(bytes raw, bint columns=False):
         if ei >= n_str or li >= n_str:
             raise ValueError("bad string index in internal message")
         eid = sys.intern((<bytes>strs[ei]).decode("utf-8"))
-        ent = [orjson.loads(strs[li]), []]
+        # with columns, the labels stay JSON bytes: the engine parses them only for an entity
+        # it does not hold yet (Detector._new_entity), not for every entity of every message
+        ent = [strs[li] if columns else orjson.loads(strs[li]), []]
         ids.append(eid)
         ents.append(ent)
     n_rec = _u32(buf, at, size); at += 4

@@ -262,7 +262,8 @@ def decode_payload(raw: bytes, key: bytes | None, columns: bool = False) -> dict
     with labels ``None`` and their rows as sent, ``[metric, labels, ts, value, partition, offset]``
     (the entity is resolved from each sample's labels). Rows of version 4 are tuples, of
     versions 2 and 3 lists; with ``columns`` (the worker's path) each chunk's rows of version 4
-    are one :class:`stream.detect._window.Rows`, a sequence of those tuples held as columns.
+    are one :class:`stream.detect._window.Rows`, a sequence of those tuples held as columns, and
+    the entity labels their JSON bytes (``Detector.ingest_chunks`` takes either).
     """
     if raw[:1] == b"\x04":
         return decode_v4(raw, columns)

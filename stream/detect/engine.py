@@ -329,16 +329,19 @@ class Detector:
         w = self.windows
         return w, w.acc, w.entities, w.heaps, w.size, w.lateness, self._gap_span, self._watching
 
-    def _new_entity(self, eid: str, elabels: dict[str, str], lane: int) -> _Entity:
+    def _new_entity(self, eid: str, elabels: dict[str, str] | bytes, lane: int) -> _Entity:
+        if type(elabels) is bytes:  # as JSON (an internal message's, decoded with columns)
+            elabels = orjson.loads(elabels)
         eid = sys.intern(eid)  # one string object per entity in every index that holds it
         ent = self.entities[eid] = _Entity(eid, elabels, lane, self._score_type)
         return ent
 
-    def ingest_chunks(self, eid: str, elabels: dict[str, str], chunks: Iterable[Sequence], lane: int = 0) -> tuple[list[dict], bool]:
+    def ingest_chunks(self, eid: str, elabels: dict[str, str] | bytes, chunks: Iterable[Sequence], lane: int = 0) -> tuple[list[dict], bool]:
         """:meth:`ingest_rows` for each chunk ``(source partition, source offset, rows)`` of one
         entity (an internal message's, in order), skipping the chunks the entity already folded
         in (:meth:`seen`) and advancing its cursor; returns ``(alerts, whether any was folded)``.
-        The worker's path: one call per entity and internal message.
+        The worker's path: one call per entity and internal message; ``elabels`` may be the
+        labels' JSON bytes (parsed only when the entity is new).
 
         The loop over chunks and rows, the cursor included, is compiled
         (:func:`stream.detect._window.fold_chunks`): it hands back only what :meth:`ingest_rows`

@@ -237,7 +237,8 @@ def test_compiled_decode_and_route_equals_decode_metrics_then_group(msgs, max_ts
         assert Router.encode(out) == ref_router.route(ref_batch)  # the same bytes either way
         for raw in Router.encode(out).values():  # the worker's columns hold the same rows
             cols = decode_payload(raw, None, columns=True)
-            assert {eid: (lab, [[p, o, list(rows)] for p, o, rows in chunks]) for eid, (lab, chunks) in cols.items()} \
+            assert {eid: (orjson.loads(lab), [[p, o, list(rows)] for p, o, rows in chunks])
+                    for eid, (lab, chunks) in cols.items()} \
                 == decode_payload(raw, None)
 
 
