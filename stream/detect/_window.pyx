@@ -187,9 +187,10 @@ cdef class WindowAccumulators:
         self._ovf_free = []
         self.used = 0
 
-    def alloc(self):
-        """A fresh, empty slot."""
-        cdef int cap, slot, new
+    cpdef long alloc(self) except -1:
+        """A fresh, empty slot (cpdef: the compiled sample loop calls it in C)."""
+        cdef int cap, slot, new, j
+        cdef double* row
         if not self._free:
             # grow by a quarter, in place: ndarray.resize reallocates (for a pool this large an
             # mremap, no copy), where concatenating held the old and the doubled pool at once
@@ -203,7 +204,9 @@ cdef class WindowAccumulators:
             self.ovf_of[cap:] = -1
             self._free = list(range(new - 1, cap - 1, -1))
         slot = self._free.pop()
-        self.acc[slot, :] = 0.0
+        row = <double*> cnp.PyArray_DATA(self.acc) + <Py_ssize_t> slot * NCOL
+        for j in range(NCOL):  # (was self.acc[slot, :] = 0.0: a third of the sample loop's time)
+            row[j] = 0.0
         self.used += 1
         return slot
 
