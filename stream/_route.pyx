@@ -17,7 +17,11 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.math cimport isfinite
 from libc.stdint cimport int32_t, int64_t, uint32_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
+from libc.stdlib cimport strtod
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
 
 import sys
 
@@ -104,6 +108,290 @@ def route_items(list items, int src_p, long long src_o, double max_ts, dict cach
             out.add(<int>target[2], target[0], target[3], metric, src_p, src_o, t, v)
         n_fast += 1
     return n_fast
+
+
+# ------------------------------------------------------------------ the byte scanner (fast path)
+# route_items works on what orjson.loads built: a dict per sample, a dict per label set, a string
+# per key and value, all freed again right after; parsing and freeing were about as costly as the
+# routing itself. scan_route reads the message's bytes directly, for the shape exporters send, and
+# makes no object per sample but the metric's name. It accepts a message only when every sample
+# would take route_items' fast path (the same checks: numbers finite and exact, ts >= 0 and not
+# beyond max_ts, a series already known valid) and the text is in the subset below; otherwise it
+# returns -1 and adds nothing, and the caller takes the orjson path for the whole message.
+#
+# The subset: ``{"samples": [...]}`` (JSON whitespace anywhere between tokens) whose items are
+# objects with the keys "metric", "value", "ts" and optionally "labels", each at most once, in any
+# order; strings printable ASCII without escapes; labels an object of such strings; numbers in
+# JSON's grammar, integers of at most 15 digits (exact as doubles; larger ones, escapes, UTF-8,
+# nulls, nesting, duplicate keys and anything else go to the orjson path).
+
+cdef struct _Pend:
+    PyObject* hit     # the series' targets (borrowed from the cache; nothing mutates it meanwhile)
+    PyObject* metric  # the metric's name (owned by the call's list ``keep``)
+    double ts
+    double value
+
+
+cdef inline Py_ssize_t _ws(const unsigned char* b, Py_ssize_t i, Py_ssize_t n) noexcept:
+    while i < n and (b[i] == 32 or b[i] == 10 or b[i] == 13 or b[i] == 9):
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t _str_end(const unsigned char* b, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """``b[i]`` is the opening quote: the index of the closing one, or -1 (not in the subset)."""
+    cdef unsigned char c
+    i += 1
+    while i < n:
+        c = b[i]
+        if c == 34:
+            return i
+        if c < 32 or c > 126 or c == 92:  # control, non-ASCII, escape (the text would differ
+            return -1                          # from the string: orjson decodes it)
+        i += 1
+    return -1
+
+
+cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t i, Py_ssize_t n, double* out) noexcept:
+    """A JSON number at ``b[i]``: its end, the value in ``*out``; -1 when not in the subset."""
+    cdef Py_ssize_t start = i, digits = 0
+    cdef bint neg = False, frac = False
+    cdef long long v = 0
+    cdef char buf[64]
+    if i < n and b[i] == 45:  # '-'
+        neg = True
+        i += 1
+    if i >= n or not (48 <= b[i] <= 57):
+        return -1
+    if b[i] == 48:  # a leading 0 stands alone
+        i += 1
+        digits = 1
+    else:
+        while i < n and 48 <= b[i] <= 57:
+            if digits < 15:
+                v = v * 10 + (b[i] - 48)
+            digits += 1
+            i += 1
+    if i < n and b[i] == 46:  # '.'
+        frac = True
+        i += 1
+        if i >= n or not (48 <= b[i] <= 57):
+            return -1
+        while i < n and 48 <= b[i] <= 57:
+            i += 1
+    if i < n and (b[i] == 101 or b[i] == 69):  # 'e' / 'E'
+        frac = True
+        i += 1
+        if i < n and (b[i] == 43 or b[i] == 45):
+            i += 1
+        if i >= n or not (48 <= b[i] <= 57):
+            return -1
+        while i < n and 48 <= b[i] <= 57:
+            i += 1
+    if not frac:  # an integer: exact below 10 ** 15 (a Python int, then a float, on the other path)
+        if digits > 15:
+            return -1
+        out[0] = <double> (-v if neg else v)
+        return i
+    if i - start >= 64:
+        return -1
+    memcpy(buf, b + start, i - start)
+    buf[i - start] = 0
+    out[0] = strtod(buf, NULL)  # correctly rounded, as orjson's
+    return i
+
+
+cdef Py_ssize_t _labels_end(const unsigned char* b, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """``b[i]`` is '{': the index just past the labels object's '}', or -1."""
+    i = _ws(b, i + 1, n)
+    if i < n and b[i] == 125:
+        return i + 1
+    while True:
+        if i >= n or b[i] != 34:
+            return -1
+        i = _str_end(b, i, n)
+        if i < 0:
+            return -1
+        i = _ws(b, i + 1, n)
+        if i >= n or b[i] != 58:  # ':'
+            return -1
+        i = _ws(b, i + 1, n)
+        if i >= n or b[i] != 34:
+            return -1
+        i = _str_end(b, i, n)
+        if i < 0:
+            return -1
+        i = _ws(b, i + 1, n)
+        if i < n and b[i] == 125:
+            return i + 1
+        if i >= n or b[i] != 44:  # ','
+            return -1
+        i = _ws(b, i + 1, n)
+
+
+cdef int _key(const unsigned char* b, Py_ssize_t i, Py_ssize_t j) noexcept:
+    """Which sample key ``b[i:j]`` is: 1 metric, 2 labels, 4 value, 8 ts; 0 another."""
+    cdef Py_ssize_t ln = j - i
+    if ln == 6 and memcmp(b + i, b"metric", 6) == 0:
+        return 1
+    if ln == 6 and memcmp(b + i, b"labels", 6) == 0:
+        return 2
+    if ln == 5 and memcmp(b + i, b"value", 5) == 0:
+        return 4
+    if ln == 2 and memcmp(b + i, b"ts", 2) == 0:
+        return 8
+    return 0
+
+
+def scan_route(bytes raw not None, int src_p, long long src_o, double max_ts, Py_ssize_t max_batch,
+               dict raw_cache, dict cache, Outbox out):
+    """Route the samples of one input message (its bytes) into ``out``: the number of samples,
+    or -1 (nothing added) when the message is outside the subset this scanner reads or a sample
+    would not take :func:`route_items`' fast path; then the caller decodes it with orjson.
+
+    ``raw_cache``: the labels' bytes -> ``{metric: targets}``, filled here from ``cache`` (the
+    fast path's label items -> ``{metric: targets}``) the first time a label text is seen.
+    ``tests/unit/test_routing.py`` holds :meth:`stream.routing.Router.add_message`, which calls
+    this first, to ``decode_metrics`` + :meth:`~stream.routing.Router.group` on generated texts.
+    """
+    cdef const unsigned char* b = <const unsigned char*> PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = len(raw), i, j, k, cnt = 0, cap = 0, lab_i = 0, lab_j = 0, met_i = 0, met_j = 0
+    cdef Py_ssize_t prev_i = -1, prev_j = -1
+    cdef int seen, which
+    cdef double value = 0.0, ts = 0.0
+    cdef _Pend* pend = NULL
+    cdef _Pend* grown
+    cdef object by_metric = None, hit, metric, labels, key
+    cdef list keep = []
+    cdef tuple target
+    cdef PyObject* p
+    i = _ws(b, 0, n)
+    if i >= n or b[i] != 123:  # '{'
+        return -1
+    i = _ws(b, i + 1, n)
+    if i + 9 > n or memcmp(b + i, b'"samples"', 9) != 0:
+        return -1
+    i = _ws(b, i + 9, n)
+    if i >= n or b[i] != 58:
+        return -1
+    i = _ws(b, i + 1, n)
+    if i >= n or b[i] != 91:  # '['
+        return -1
+    i = _ws(b, i + 1, n)
+    try:
+        while True:  # one sample object per turn
+            if i >= n or b[i] != 123:
+                return -1
+            if cnt >= max_batch:
+                return -1
+            seen = 0
+            i = _ws(b, i + 1, n)
+            while True:  # one key per turn
+                if i >= n or b[i] != 34:
+                    return -1
+                j = _str_end(b, i, n)
+                if j < 0:
+                    return -1
+                which = _key(b, i + 1, j)
+                if which == 0 or seen & which:  # (a duplicate key: orjson keeps the last; left to it)
+                    return -1
+                seen |= which
+                i = _ws(b, j + 1, n)
+                if i >= n or b[i] != 58:
+                    return -1
+                i = _ws(b, i + 1, n)
+                if i >= n:
+                    return -1
+                if which == 1:
+                    if b[i] != 34:
+                        return -1
+                    j = _str_end(b, i, n)
+                    if j < 0:
+                        return -1
+                    met_i, met_j = i + 1, j
+                    i = j + 1
+                elif which == 2:
+                    if b[i] != 123:
+                        return -1
+                    j = _labels_end(b, i, n)
+                    if j < 0:
+                        return -1
+                    lab_i, lab_j = i, j
+                    i = j
+                elif which == 4:
+                    i = _number(b, i, n, &value)
+                    if i < 0:
+                        return -1
+                else:
+                    i = _number(b, i, n, &ts)
+                    if i < 0:
+                        return -1
+                i = _ws(b, i, n)
+                if i < n and b[i] == 44:
+                    i = _ws(b, i + 1, n)
+                    continue
+                if i < n and b[i] == 125:
+                    break
+                return -1
+            if (seen & 13) != 13:  # metric, value and ts are required
+                return -1
+            if not (isfinite(value) and isfinite(ts) and ts >= 0.0 and ts <= max_ts):
+                return -1
+            # the series' targets: label set (by its text; the previous sample's, most often),
+            # then metric
+            if not seen & 2:
+                lab_i, lab_j = -1, -1
+            if prev_i < 0 or lab_j - lab_i != prev_j - prev_i or (
+                    lab_i >= 0 and memcmp(b + lab_i, b + prev_i, lab_j - lab_i) != 0):
+                key = PyBytes_FromStringAndSize(<const char*> b + lab_i, lab_j - lab_i) if lab_i >= 0 else b"{}"
+                p = PyDict_GetItem(raw_cache, key)
+                if p == NULL:
+                    labels = orjson.loads(key)
+                    by_metric = cache.get(tuple((<dict> labels).items()))
+                    if by_metric is None:
+                        return -1
+                    raw_cache[key] = by_metric
+                else:
+                    by_metric = <object> p
+                if lab_i >= 0:
+                    prev_i, prev_j = lab_i, lab_j
+                else:  # no labels: looked up again (by b"{}") for the next sample
+                    prev_i = prev_j = -1
+            metric = PyUnicode_DecodeASCII(<const char*> b + met_i, met_j - met_i, NULL)
+            hit = (<dict> by_metric).get(metric)
+            if hit is None:
+                return -1
+            if cnt == cap:
+                cap = 64 if cap == 0 else 2 * cap
+                grown = <_Pend*> realloc(pend, cap * sizeof(_Pend))
+                if grown == NULL:
+                    raise MemoryError()
+                pend = grown
+            keep.append(metric)
+            pend[cnt].hit = <PyObject*> hit
+            pend[cnt].metric = <PyObject*> metric
+            pend[cnt].ts = ts
+            pend[cnt].value = value
+            cnt += 1
+            i = _ws(b, i + 1, n)  # past the sample's '}'
+            if i < n and b[i] == 44:
+                i = _ws(b, i + 1, n)
+                continue
+            if i < n and b[i] == 93:  # ']'
+                break
+            return -1
+        i = _ws(b, i + 1, n)
+        if i >= n or b[i] != 125:
+            return -1
+        if _ws(b, i + 1, n) != n:
+            return -1
+        for k in range(cnt):  # the whole message is in the subset: add its samples
+            for target in <list> pend[k].hit:  # (entity id, entity labels, partition, labels as JSON)
+                out.add(<int> target[2], target[0], target[3], <object> pend[k].metric, src_p, src_o,
+                        pend[k].ts, pend[k].value)
+        return cnt
+    finally:
+        free(pend)
 
 
 # ------------------------------------------------------------------ internal message, version 4

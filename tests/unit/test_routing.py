@@ -214,21 +214,25 @@ def _raw(msg) -> bytes:
     return json.dumps(msg, allow_nan=True).encode()  # NaN / Infinity literals and big ints, as clients send
 
 
-@hsettings(max_examples=800, deadline=None)
-@given(st.lists(_message, min_size=1, max_size=6), st.floats(min_value=0, max_value=2e12))
-def test_compiled_decode_and_route_equals_decode_metrics_then_group(msgs, max_ts):
+def _route_like_the_reference(raws: list[bytes], max_ts: float, max_batch: int = 5) -> list[int]:
+    """Route ``raws`` twice (the second time every valid series is cached) with
+    :meth:`Router.add_message` and with the reference (``decode_metrics`` + :meth:`Router.group`),
+    asserting the same rejections, samples, internal messages and decoded columns; returns how
+    many messages the byte scanner routed in each round."""
     detectors = {"hosts": Detector(DetectorSpec(name="hosts", group_by=("host",))),
                  "dcs": Detector(DetectorSpec(name="dcs", group_by=("dc",)))}
     fast_router, ref_router = Router(detectors, partitions=4), Router(detectors, partitions=4)
-    raws = [_raw(m) for m in msgs]
+    scanned = []
     for _round in range(2):  # the second round runs with every valid series cached
         out = fast_router.outbox()
         got_bad, ref_bad, ref_batch, n_fast = [], [], [], 0
+        before = fast_router.scanned
         for off, raw in enumerate(raws):
-            n, bad = fast_router.add_message(raw, off % 3, off, out, max_bytes=1 << 20, max_batch=5, max_ts=max_ts)
+            n, bad = fast_router.add_message(raw, off % 3, off, out, max_bytes=1 << 20, max_batch=max_batch,
+                                             max_ts=max_ts)
             n_fast += n
             got_bad += [(off, r.reason, r.error, r.original, r.batch_index) for r in bad]
-            good, rbad = decode_metrics(raw, max_bytes=1 << 20, max_batch=5, max_ts=max_ts)
+            good, rbad = decode_metrics(raw, max_bytes=1 << 20, max_batch=max_batch, max_ts=max_ts)
             ref_batch.append((off % 3, off, good))
             ref_bad += [(off, r.reason, r.error, r.original, r.batch_index) for r in rbad]
         assert got_bad == ref_bad
@@ -240,6 +244,143 @@ def test_compiled_decode_and_route_equals_decode_metrics_then_group(msgs, max_ts
             assert {eid: (orjson.loads(lab), [[p, o, list(rows)] for p, o, rows in chunks])
                     for eid, (lab, chunks) in cols.items()} \
                 == decode_payload(raw, None)
+        scanned.append(fast_router.scanned - before)
+    return scanned
+
+
+@hsettings(max_examples=800, deadline=None)
+@given(st.lists(_message, min_size=1, max_size=6), st.floats(min_value=0, max_value=2e12))
+def test_compiled_decode_and_route_equals_decode_metrics_then_group(msgs, max_ts):
+    _route_like_the_reference([_raw(m) for m in msgs], max_ts)
+
+
+# --- texts as clients write them: the byte scanner's subset and everything around its edges.
+# Messages are built from a few series that a seed message makes known valid (so the scanner is
+# reached), rendered with varied whitespace, key orders and number forms, and half of them
+# carry one defect or one form outside the subset.
+_WS = ["", "", "", " ", "\n", "\t", " \r\n  "]
+_SERIES = [(m, lab) for m in ("cpu", "mem", "ab", "a\\u0062")  # (the last: a backslash in the name)
+           for lab in ({"host": "a"}, {"host": "b", "dc": "x"}, {}, None)]
+
+
+def _num_text(rng, v) -> str:
+    """A valid JSON number for ``v`` in one of the forms clients write."""
+    if isinstance(v, int):
+        return rng.choice([str(v), str(v), f"{v}.0", f"{v}e0", f"{v}E+0", f"{v}.000"])
+    return rng.choice([repr(v), repr(v), f"{v:.17e}", f"{v:.17E}", f"{v:.17g}"])
+
+
+def _str_text(rng, text: str) -> str:
+    return orjson.dumps(text).decode()
+
+
+def _sample_text(rng, metric, labels, value_text, ts_text, defect) -> str:
+    ws = lambda: rng.choice(_WS)  # noqa: E731
+    items = [("metric", _str_text(rng, metric)), ("value", value_text), ("ts", ts_text)]
+    if labels is not None:
+        items.append(("labels", "{" + ",".join(f"{ws()}{_str_text(rng, k)}{ws()}:{ws()}{_str_text(rng, v)}{ws()}"
+                                               for k, v in labels.items()) + ws() + "}"))
+    if defect == "extra_key":
+        items.append(("extra", "1"))
+    elif defect == "duplicate_key":
+        items.append(rng.choice(items))
+    elif defect == "missing_key":
+        items.pop(rng.randrange(len(items)))
+    elif defect == "labels_null":
+        items = [it for it in items if it[0] != "labels"] + [("labels", "null")]
+    elif defect == "labels_nested":
+        items = [it for it in items if it[0] != "labels"] + [("labels", '{"host": {"a": 1}}')]
+    elif defect == "escaped_metric":  # valid JSON for the same name (or the backslash name's look-alike)
+        items[0] = ("metric", '"' + "".join(f"\\u{ord(c):04x}" if i == 0 else c for i, c in enumerate(metric)) + '"')
+    elif defect == "metric_lookalike":  # "a\u0062" as an escape: the name "ab", not the backslash name
+        items[0] = ("metric", '"a\\u0062"')
+    elif defect == "utf8_label" and labels:
+        k = next(iter(labels))
+        items = [it for it in items if it[0] != "labels"] + [("labels", '{"' + k + '": "\u00e9"}')]
+    elif defect == "key_escape":
+        items[1] = ('val\\u0075e', items[1][1])
+    rng.shuffle(items)
+    return "{" + ",".join(f'{ws()}"{k}"{ws()}:{ws()}{v}{ws()}' for k, v in items) + "}"
+
+
+_DEFECTS = ["extra_key", "duplicate_key", "missing_key", "labels_null", "labels_nested", "escaped_metric",
+            "metric_lookalike", "utf8_label", "key_escape", "bad_value", "bad_ts", "leading_zero", "big_int",
+            "trailing", "not_batch", "empty", "too_many"]
+_BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "null", "true", '"1"', "1e400", "-1e400", "1.", ".5", "+1", "-",
+                "0x10", "1e", "--1"]
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(st.randoms(use_true_random=False), st.sampled_from([2e12, 2e12, 1e9]), st.sampled_from([4, 100]))
+def test_the_byte_scanner_routes_exactly_what_decode_metrics_then_group_does(rng, max_ts, max_batch):
+    seed = orjson.dumps({"samples": [{"metric": m, "value": 1.0, "ts": 1.0, **({} if lab is None else {"labels": lab})}
+                                     for m, lab in _SERIES]})
+    raws = [seed]
+    for _ in range(6):
+        n = rng.randint(1, 6)
+        defect = rng.choice(_DEFECTS) if rng.random() < 0.5 else None
+        bad_at = rng.randrange(n)
+        parts = []
+        for j in range(n):
+            metric, labels = rng.choice(_SERIES[:12] if rng.random() < 0.9 else _SERIES[12:])
+            value = rng.choice([rng.uniform(-1e6, 1e6), rng.randint(-10 ** 15 + 1, 10 ** 15 - 1), 0, -0.0,
+                                rng.randint(-99, 99), 5e-324, 1.7976931348623157e308])
+            ts = rng.choice([rng.uniform(0, 1.5e9), rng.randint(0, 2 * 10 ** 9), 0]
+                            + ([rng.randint(0, 10 ** 15 - 1)] if rng.random() < 0.1 else []))
+            vt, tt = _num_text(rng, value), _num_text(rng, ts)
+            d = defect if j == bad_at else None
+            if d == "bad_value":
+                vt = rng.choice(_BAD_NUMBERS)
+            elif d == "bad_ts":
+                tt = rng.choice(_BAD_NUMBERS + ["-1", "-0.5", "2e12"])
+            elif d == "leading_zero":
+                vt = "0" + str(abs(int(value)) + 1)
+            elif d == "big_int":
+                vt = str(rng.choice([2 ** 53 + 1, 10 ** 15, -(10 ** 15), 2 ** 63, 10 ** 30]))
+            parts.append(_sample_text(rng, metric, labels, vt, tt, d))
+        if defect == "too_many":
+            parts = parts * (max_batch // len(parts) + 1)
+        body = "[" + ",".join(rng.choice(_WS) + p + rng.choice(_WS) for p in parts) + "]"
+        if defect == "empty":
+            body = "[" + rng.choice(_WS) + "]"
+        text = "{" + rng.choice(_WS) + '"samples"' + rng.choice(_WS) + ":" + rng.choice(_WS) + body + rng.choice(_WS) + "}"
+        if defect == "trailing":
+            text += rng.choice(["x", "}", ",", " 1"])
+        elif defect == "not_batch":
+            text = parts[0]
+        raws.append(text.encode())
+    _route_like_the_reference(raws, max_ts, max_batch)
+
+
+def test_the_byte_scanner_takes_the_common_texts():
+    """Formatted as exporters and json.dumps / orjson do (whitespace, key orders, int and float
+    forms, labels absent or empty), every message with known series is routed by the scanner,
+    the same as the reference."""
+    import random
+
+    rng = random.Random(7)
+    raws = []
+    for k in range(300):
+        batch = []
+        for j in range(rng.randint(1, 8)):
+            s = {"metric": rng.choice(["cpu", "mem"]), "value": rng.choice([rng.gauss(0, 1e3), rng.randint(-99, 99)]),
+                 "ts": rng.choice([rng.uniform(0, 1e10), rng.randint(0, 10 ** 10)])}
+            if rng.random() < 0.9:
+                s["labels"] = {"host": rng.choice("ab"), "dc": rng.choice("xy")} if rng.random() < 0.9 else {}
+            batch.append(s)
+        text = ("{" + rng.choice([" ", ""]) + '"samples":' + rng.choice([" ", "\n", ""])
+                + "[" + ",".join(_render_plain(rng, s) for s in batch) + "]}")
+        raws.append(text.encode())
+    first, second = _route_like_the_reference(raws, 2e12, 100)
+    assert second == len(raws) and first > len(raws) / 2
+
+
+def _render_plain(rng, sample: dict) -> str:
+    items = list(sample.items())
+    rng.shuffle(items)
+    sep = rng.choice([":", ": ", " : "])
+    return "{" + rng.choice([",", ", ", ",\n  "]).join(
+        f'"{k}"{sep}' + (orjson.dumps(v).decode() if k != "value" or rng.random() < 0.5 else repr(v)) for k, v in items) + "}"
 
 
 def test_samples_of_series_seen_valid_take_the_compiled_path(monkeypatch):
@@ -253,8 +394,16 @@ def test_samples_of_series_seen_valid_take_the_compiled_path(monkeypatch):
     first, second = router.outbox(), router.outbox()
     assert router.add_message(raw, 0, 1, first, max_bytes=1 << 20, max_batch=100) == (40, [])
     assert router.add_message(raw, 0, 1, second, max_bytes=1 << 20, max_batch=100) == (40, [])
-    assert calls == [0, 40]  # first sight: all by the Python path; then all compiled
+    # first sight: all by the Python path; then the byte scanner (no orjson objects, no route_items)
+    assert calls == [0] and router.scanned == 1
     assert first.encode() == second.encode()
+    # the same samples in a text outside the scanner's subset (an escaped character): orjson,
+    # then all by route_items' compiled path
+    third = router.outbox()
+    escaped = raw.replace(b'"labels"', b'"\\u006cabels"')
+    assert router.add_message(escaped, 0, 1, third, max_bytes=1 << 20, max_batch=100) == (40, [])
+    assert calls == [0, 40] and router.scanned == 1
+    assert third.encode() == first.encode()
 
 
 def test_the_route_cache_is_per_label_set_and_metric_and_a_bad_sample_between_good_ones_is_rejected():
