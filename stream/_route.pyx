@@ -1,8 +1,10 @@
 # cython: language_level=3
-"""Compiled fast path of the ingest agent: validate the samples of one input message and fold
+"""Compiled fast paths of the ingest agent: validate the samples of one input message and fold
 them into the internal messages of their entities' partitions, in one pass.
 
-Wrapped by :meth:`stream.routing.Router.add_message`, the only caller. It accepts a sample
+Wrapped by :meth:`stream.routing.Router.add_message`, the only caller, which tries
+:func:`scan_route` (the message's bytes, for the shape exporters send) first and
+:func:`route_items` (orjson's objects) for every message the scanner leaves. route_items accepts a sample
 only when the Python path would accept it *and* the sample's series is already known valid
 (``cache``: ``tuple(label items)`` -> ``{metric: targets}``, filled by the Python
 path after its full check); anything else — first sight of a series, a wrong type, a non-finite

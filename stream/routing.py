@@ -165,8 +165,11 @@ class Router:
         shared by the messages of a batch); returns ``(valid samples, rejections)``.
 
         The same result as :func:`stream.events.decode_metrics` followed by :meth:`group`, in
-        one pass: samples of series already seen valid are checked and routed by the compiled
-        :func:`stream._route.route_items`; the rest take the Python path in place (order kept).
+        one pass. A message in the shape exporters send whose series are all known valid is
+        routed from its bytes by :func:`stream._route.scan_route` (no orjson objects); any other
+        is parsed by orjson, its samples of series already seen valid are checked and routed by
+        the compiled :func:`stream._route.route_items`, and the rest take the Python path in
+        place (order kept).
 
         >>> from stream.detect.engine import Detector
         >>> from stream.detect.spec import DetectorSpec
