@@ -107,6 +107,13 @@ class Settings:
         "1 MB, the broker's default message.max.bytes for the internal topics", minimum=16_384,
         maximum=1_000_000,
     )
+    agent_buffer_events: int = _f(
+        256, "events an agent's stream may hold fetched and not yet processed (Faust's "
+        "stream_buffer_maxsize, whose default is 4,096). While the detect agent is behind, its buffer "
+        "fills with internal messages of up to ~100 KB each: held memory that grows with the backlog, "
+        "not with the entities. Keep it at or above STREAM_INGEST_BATCH_MESSAGES, or ingest batches "
+        "get smaller", minimum=16,
+    )
     state_write_direct: bool = _f(
         True, "write changed entity state to the changelog at each commit straight through the Kafka "
         "producer (false: through Faust's table buffer, which holds input back while it drains: 0.4-1.6 s "

@@ -186,6 +186,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
         producer_max_batch_size=s.producer_batch_bytes,
         consumer_max_fetch_size=max(s.max_message_bytes * 2, 4 * 1_048_576),
         stream_wait_empty=False,
+        # prefetched events per agent stream (STREAM_AGENT_BUFFER_EVENTS): Faust's 4,096 let a
+        # detect agent that is behind hold thousands of internal messages
+        stream_buffer_maxsize=s.agent_buffer_events,
         table_cleanup_interval=60.0,
     )
     app.fetch_wait_ms = max(1, int(s.fetch_wait_seconds * 1000))  # type: ignore[attr-defined]
