@@ -203,30 +203,29 @@ cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t i, Py_ssize_t n, doub
     return i
 
 
+cdef inline Py_ssize_t _string_ws(const unsigned char* b, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """A string in the subset at ``b[i]``: the index of the first non-space byte after it, or -1."""
+    if i >= n or b[i] != 34:
+        return -1
+    i = _str_end(b, i, n)
+    return -1 if i < 0 else _ws(b, i + 1, n)
+
+
 cdef Py_ssize_t _labels_end(const unsigned char* b, Py_ssize_t i, Py_ssize_t n) noexcept:
     """``b[i]`` is '{': the index just past the labels object's '}', or -1."""
     i = _ws(b, i + 1, n)
     if i < n and b[i] == 125:
         return i + 1
     while True:
-        if i >= n or b[i] != 34:
+        i = _string_ws(b, i, n)  # the name
+        if i < 0 or i >= n or b[i] != 58:  # ':'
             return -1
-        i = _str_end(b, i, n)
-        if i < 0:
+        i = _string_ws(b, _ws(b, i + 1, n), n)  # the value
+        if i < 0 or i >= n:
             return -1
-        i = _ws(b, i + 1, n)
-        if i >= n or b[i] != 58:  # ':'
-            return -1
-        i = _ws(b, i + 1, n)
-        if i >= n or b[i] != 34:
-            return -1
-        i = _str_end(b, i, n)
-        if i < 0:
-            return -1
-        i = _ws(b, i + 1, n)
-        if i < n and b[i] == 125:
+        if b[i] == 125:  # '}'
             return i + 1
-        if i >= n or b[i] != 44:  # ','
+        if b[i] != 44:  # ','
             return -1
         i = _ws(b, i + 1, n)
 
@@ -348,7 +347,12 @@ def scan_route(bytes raw not None, int src_p, long long src_o, double max_ts, Py
                 key = PyBytes_FromStringAndSize(<const char*> b + lab_i, lab_j - lab_i) if lab_i >= 0 else b"{}"
                 p = PyDict_GetItem(raw_cache, key)
                 if p == NULL:
-                    labels = orjson.loads(key)
+                    try:  # (the text was checked above; a failure here only sends it the orjson way)
+                        labels = orjson.loads(key)
+                    except orjson.JSONDecodeError:
+                        return -1
+                    if type(labels) is not dict:
+                        return -1
                     by_metric = cache.get(tuple((<dict> labels).items()))
                     if by_metric is None:
                         return -1

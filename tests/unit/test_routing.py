@@ -297,6 +297,9 @@ def _sample_text(rng, metric, labels, value_text, ts_text, defect) -> str:
     elif defect == "utf8_label" and labels:
         k = next(iter(labels))
         items = [it for it in items if it[0] != "labels"] + [("labels", '{"' + k + '": "\u00e9"}')]
+    elif defect == "labels_malformed":  # not JSON: the whole message is rejected (not_json)
+        items = [it for it in items if it[0] != "labels"] + [("labels", rng.choice(
+            ['{"host" "a"}', '{"host","a"}', '{"host":"a",}', '{"host":}', '{"host":"a" "dc":"x"}', '{,}', '{"host":"a"]']))]
     elif defect == "key_escape":
         items[1] = ('val\\u0075e', items[1][1])
     rng.shuffle(items)
@@ -304,7 +307,7 @@ def _sample_text(rng, metric, labels, value_text, ts_text, defect) -> str:
 
 
 _DEFECTS = ["extra_key", "duplicate_key", "missing_key", "labels_null", "labels_nested", "escaped_metric",
-            "metric_lookalike", "utf8_label", "key_escape", "bad_value", "bad_ts", "leading_zero", "big_int",
+            "metric_lookalike", "utf8_label", "labels_malformed", "key_escape", "bad_value", "bad_ts", "leading_zero", "big_int",
             "trailing", "not_batch", "empty", "too_many"]
 _BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "null", "true", '"1"', "1e400", "-1e400", "1.", ".5", "+1", "-",
                 "0x10", "1e", "--1"]
