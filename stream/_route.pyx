@@ -160,6 +160,7 @@ cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t i, Py_ssize_t n, doub
     cdef bint neg = False, frac = False
     cdef long long v = 0
     cdef char buf[64]
+    cdef char* end
     if i < n and b[i] == 45:  # '-'
         neg = True
         i += 1
@@ -199,7 +200,9 @@ cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t i, Py_ssize_t n, doub
         return -1
     memcpy(buf, b + start, i - start)
     buf[i - start] = 0
-    out[0] = strtod(buf, NULL)  # correctly rounded, as orjson's
+    out[0] = strtod(buf, &end)  # correctly rounded, as orjson's
+    if end != buf + (i - start):  # (not all read: a C locale with another decimal point)
+        return -1
     return i
 
 
