@@ -486,17 +486,21 @@ def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, e
     return _add_sample(acc, entities, heaps, size, entity, metric, ts, value, offset, partition, lane)
 
 
-cdef object _add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, entity, metric,
-                        double ts, double value, long offset, long partition, lane):
+cdef inline double _window_start(double ts, double size) except? -1:
+    """``math.floor(ts / size) * size``, raising as that does for a NaN / infinite quotient."""
     cdef double q = ts / size
-    cdef double start_d
-    cdef EntityWindows rec
-    cdef PyObject* p
-    cdef long slot
     if not isfinite(q):
         math.floor(q)  # raises as the Python rule did (NaN / inf event time)
-    start_d = floor(q) * size  # math.floor(ts / size) * size
-    p = PyDict_GetItem(entities, entity)
+    return floor(q) * size
+
+
+cdef dict _open_window(dict entities, dict heaps, entity, double start_d, lane, PyObject** rec_out):
+    """The entity's window at ``start_d`` (``{metric: slot}``), opened (and queued) if new, with
+    ``*rec_out`` its :class:`EntityWindows` (a borrowed reference: ``entities`` holds it); None
+    when that window is closed already (a late sample)."""
+    cdef EntityWindows rec
+    cdef PyObject* p = PyDict_GetItem(entities, entity)
+    cdef dict slots
     if p == NULL:
         rec = EntityWindows()
         entities[entity] = rec
@@ -504,27 +508,44 @@ cdef object _add_sample(WindowAccumulators acc, dict entities, dict heaps, doubl
         rec = <EntityWindows> <object> p
         cu = rec.closed_until
         if cu is not None and start_d < <double> cu:
+            rec_out[0] = <PyObject*> rec
             return None
+    rec_out[0] = <PyObject*> rec
     start = start_d
     p = PyDict_GetItem(rec.wins, start)
-    if p == NULL:
-        slots = {}
-        rec.wins[start] = slots
-        queue_window(heaps, lane, rec, start, entity)
-        lst = rec.starts
-        lst.append(start)
-        if len(lst) > 1 and lst[len(lst) - 2] > start:  # (compiled with wraparound=False)
-            lst.sort()
-    else:
-        slots = <dict> <object> p
-    p = PyDict_GetItem(slots, metric)
+    if p != NULL:
+        return <dict> <object> p
+    slots = {}
+    rec.wins[start] = slots
+    queue_window(heaps, lane, rec, start, entity)
+    lst = rec.starts
+    lst.append(start)
+    if len(lst) > 1 and lst[len(lst) - 2] > start:  # (compiled with wraparound=False)
+        lst.sort()
+    return slots
+
+
+cdef inline int _add_to(WindowAccumulators acc, dict slots, metric, double ts, double value, long offset,
+                        long partition) except -1:
+    """Fold one sample into its metric's slot of an open window (allocated on its first sample)."""
+    cdef PyObject* p = PyDict_GetItem(slots, metric)
+    cdef long slot
     if p == NULL:
         slot = acc.alloc()
         slots[metric] = slot
     else:
         slot = <object> p
-    acc._add(slot, ts, value, offset, partition)
-    return rec.starts
+    return acc._add(slot, ts, value, offset, partition)
+
+
+cdef object _add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, entity, metric,
+                        double ts, double value, long offset, long partition, lane):
+    cdef PyObject* rec = NULL
+    cdef dict slots = _open_window(entities, heaps, entity, _window_start(ts, size), lane, &rec)
+    if slots is None:
+        return None
+    _add_to(acc, slots, metric, ts, value, offset, partition)
+    return (<EntityWindows> rec).starts
 
 
 cdef class Rows:
@@ -592,11 +613,18 @@ cdef int _fold_rows(WindowAccumulators acc, dict entities, dict heaps, double si
     cdef Py_ssize_t n = len(rows), late = 0, i = at[0]
     cdef object row, metric, ts_o, starts
     cdef PyObject* p
-    cdef double ts, prev, value, last_seen = seen[0]
+    cdef double ts, prev, value, start_d, last_seen = seen[0]
     cdef EntityWindows rec
     cdef Rows cols = rows if type(rows) is Rows else None
     cdef list lst = rows if type(rows) is list else None
     cdef int why = 0
+    # the previous sample's window within this call (an entity's samples of one scrape share
+    # their timestamp): its start, its slots (None: closed, the sample was late) and the entity's
+    # EntityWindows. Nothing closes a window or drops the entity until this call returns.
+    cdef double w_start = NAN, w_ts = NAN
+    cdef dict w_slots = None
+    cdef PyObject* w_rec = NULL
+    cdef object ts_box = None  # the last boxed timestamp written to mlast (shared by equal ones)
     if cols is None and lst is None:
         raise TypeError("rows must be a list or Rows")
     while i < n:
@@ -611,23 +639,32 @@ cdef int _fold_rows(WindowAccumulators acc, dict entities, dict heaps, double si
             ts_o = row[1]
             ts = ts_o
             value = row[2]
+        if ts_o is None:
+            if ts_box is None or ts != w_ts:
+                ts_box = ts
+                w_ts = ts
+            ts_o = ts_box
         p = PyDict_GetItem(mlast, metric)
         if p == NULL:
-            mlast[metric] = ts if ts_o is None else ts_o
+            mlast[metric] = ts_o
         else:
             prev = <double> <object> p
             if ts > prev:
                 if gap_open or ts - prev > gap_span:
                     why = 1
                     break
-                mlast[metric] = ts if ts_o is None else ts_o
+                mlast[metric] = ts_o
         if ts > last_seen:
             last_seen = ts
-        starts = _add_sample(acc, entities, heaps, size, entity, metric, ts, value, offset, partition, lane)
-        if starts is None:
+        start_d = _window_start(ts, size)
+        if w_rec == NULL or start_d != w_start:
+            w_slots = _open_window(entities, heaps, entity, start_d, lane, &w_rec)
+            w_start = start_d
+        if w_slots is None:
             late += 1
-            p = PyDict_GetItem(entities, entity)
-            starts = (<EntityWindows> <object> p).starts if p != NULL else None
+        else:
+            _add_to(acc, w_slots, metric, ts, value, offset, partition)
+        starts = (<EntityWindows> w_rec).starts
         i += 1
         if starts and <double> (<list> starts)[0] <= last_seen - size - lateness:
             why = 2
