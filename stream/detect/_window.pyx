@@ -476,6 +476,27 @@ cpdef queue_window(dict heaps, lane, EntityWindows rec, start, entity):
         rec.queued = start
 
 
+def take_window(WindowAccumulators acc, EntityWindows rec, start, double size):
+    """Close the entity's open window at ``start``: ``({metric: Summary}, end)``, its slots
+    released, the window removed from ``rec`` and ``rec.closed_until`` moved to its end
+    (``WindowStore._close``, compiled: a dict comprehension and four calls per closed window).
+    """
+    cdef dict slots = rec.wins.pop(start)
+    cdef dict summary = {}
+    cdef Summary s
+    rec.starts.remove(start)
+    for metric, slot in slots.items():
+        s = Summary.__new__(Summary)
+        acc._fill_summary(<long> slot, s.v)
+        acc.release(<long> slot)
+        summary[metric] = s
+    end = <double> start + size
+    cu = rec.closed_until
+    if cu is None or <double> end > <double> cu:
+        rec.closed_until = end
+    return summary, end
+
+
 def add_sample(WindowAccumulators acc, dict entities, dict heaps, double size, entity, metric,
                double ts, double value, long offset, long partition, lane):
     """Fold one sample into its entity's window (``WindowStore.add_sample``, compiled).
