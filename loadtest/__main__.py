@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     r.add_argument("--batch", type=int, help="entities per input message, i.e. batch x metrics samples per message "
                    "(default 25: 125 samples, a small collector / remote-write batch; 1: one message per entity)")
     r.add_argument("--step", type=float, help="scrape interval in event-time seconds (default 30)")
-    r.add_argument("--hours", type=float, help="event time replayed in the max-rate phase (default 3; quick 6)")
+    r.add_argument("--hours", type=float, help="event time replayed in the max-rate phase (default 6, the same for --quick)")
     r.add_argument("--warmup", type=float, metavar="FRACTION",
                    help="share of the max-rate phase's scrapes every system processes first, unmeasured, so "
                    "samples/s is the sustained rate and not an average with start-up (series and models are "
