@@ -154,10 +154,21 @@ cdef inline Py_ssize_t _str_end(const unsigned char* b, Py_ssize_t i, Py_ssize_t
     return -1
 
 
+# 10 ** k, exact in a double for k <= 22
+cdef double _POW10[23]
+for _k in range(23):
+    _POW10[_k] = 10.0 ** _k
+
+
 cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t i, Py_ssize_t n, double* out) noexcept:
-    """A JSON number at ``b[i]``: its end, the value in ``*out``; -1 when not in the subset."""
-    cdef Py_ssize_t start = i, digits = 0
-    cdef bint neg = False, frac = False
+    """A JSON number at ``b[i]``: its end, the value in ``*out``; -1 when not in the subset.
+
+    A decimal without exponent of at most 15 digits in all (``1700000000.0``, ``0.25``) is
+    ``digits / 10 ** k`` (k fraction digits): both are exact doubles and one IEEE division rounds
+    correctly (Clinger's fast path), the same double strtod and orjson give; longer ones and
+    exponents go to strtod."""
+    cdef Py_ssize_t start = i, digits = 0, fdigits = 0
+    cdef bint neg = False, frac = False, expo = False
     cdef long long v = 0
     cdef char buf[64]
     cdef char* end
@@ -181,9 +192,12 @@ cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t i, Py_ssize_t n, doub
         if i >= n or not (48 <= b[i] <= 57):
             return -1
         while i < n and 48 <= b[i] <= 57:
+            if digits + fdigits < 15:
+                v = v * 10 + (b[i] - 48)
+            fdigits += 1
             i += 1
     if i < n and (b[i] == 101 or b[i] == 69):  # 'e' / 'E'
-        frac = True
+        frac = expo = True
         i += 1
         if i < n and (b[i] == 43 or b[i] == 45):
             i += 1
@@ -195,6 +209,9 @@ cdef Py_ssize_t _number(const unsigned char* b, Py_ssize_t i, Py_ssize_t n, doub
         if digits > 15:
             return -1
         out[0] = <double> (-v if neg else v)
+        return i
+    if not expo and digits + fdigits <= 15:  # (so fdigits <= 14: 10 ** fdigits is exact)
+        out[0] = (-<double> v if neg else <double> v) / _POW10[fdigits]
         return i
     if i - start >= 64:
         return -1
@@ -261,6 +278,10 @@ def scan_route(bytes raw not None, int src_p, long long src_o, double max_ts, Py
     cdef const unsigned char* b = <const unsigned char*> PyBytes_AS_STRING(raw)
     cdef Py_ssize_t n = len(raw), i, j, k, cnt = 0, cap = 0, lab_i = 0, lab_j = 0, met_i = 0, met_j = 0
     cdef Py_ssize_t prev_i = -1, prev_j = -1
+    cdef Py_ssize_t mt_at[16]  # the metric names met in this message: text offset, length, str
+    cdef Py_ssize_t mt_len[16]
+    cdef PyObject* mt_obj[16]  # (borrowed: keep holds them)
+    cdef int n_mt = 0
     cdef int seen, which
     cdef double value = 0.0, ts = 0.0
     cdef _Pend* pend = NULL
@@ -366,7 +387,18 @@ def scan_route(bytes raw not None, int src_p, long long src_o, double max_ts, Py
                     prev_i, prev_j = lab_i, lab_j
                 else:  # no labels: looked up again (by b"{}") for the next sample
                     prev_i = prev_j = -1
-            metric = PyUnicode_DecodeASCII(<const char*> b + met_i, met_j - met_i, NULL)
+            # the metric's name: the str of an earlier sample of this message with the same text
+            # (an exporter's batch repeats a few names), else a new one
+            for k in range(n_mt):
+                if mt_len[k] == met_j - met_i and memcmp(b + mt_at[k], b + met_i, met_j - met_i) == 0:
+                    metric = <object> mt_obj[k]
+                    break
+            else:
+                metric = PyUnicode_DecodeASCII(<const char*> b + met_i, met_j - met_i, NULL)
+                keep.append(metric)
+                if n_mt < 16:
+                    mt_at[n_mt], mt_len[n_mt], mt_obj[n_mt] = met_i, met_j - met_i, <PyObject*> metric
+                    n_mt += 1
             hit = (<dict> by_metric).get(metric)
             if hit is None:
                 return -1
@@ -376,7 +408,6 @@ def scan_route(bytes raw not None, int src_p, long long src_o, double max_ts, Py
                 if grown == NULL:
                     raise MemoryError()
                 pend = grown
-            keep.append(metric)
             pend[cnt].hit = <PyObject*> hit
             pend[cnt].metric = <PyObject*> metric
             pend[cnt].ts = ts
@@ -426,8 +457,12 @@ cdef class _Part:
     cdef list strs
     cdef dict ent_idx   # entity id -> index
     cdef list ents      # (entity id's string index, labels' string index)
+    cdef object last_eid  # the previous record's entity id (the same object) and its index
+    cdef uint32_t last_e
 
     def __cinit__(self):
+        self.last_eid = None
+        self.last_e = 0
         self.recs = NULL
         self.n = self.cap = 0
         self.str_idx = {}
@@ -448,13 +483,17 @@ cdef class _Part:
 
     cdef int add(self, object eid, object ljson, object metric, int32_t src_p, int64_t src_o,
                  double ts, double value) except -1:
-        cdef object e = self.ent_idx.get(eid)
+        cdef object e
         cdef Rec* r
         cdef Py_ssize_t cap
-        if e is None:
-            e = len(self.ents)
-            self.ents.append((self._str(eid), self._str(ljson)))
-            self.ent_idx[eid] = e
+        if eid is not self.last_eid:  # (an entity's samples mostly come together)
+            e = self.ent_idx.get(eid)
+            if e is None:
+                e = len(self.ents)
+                self.ents.append((self._str(eid), self._str(ljson)))
+                self.ent_idx[eid] = e
+            self.last_eid = eid
+            self.last_e = <uint32_t> e
         if self.n == self.cap:
             cap = 64 if self.cap == 0 else self.cap * 2
             r = <Rec*>realloc(self.recs, cap * sizeof(Rec))
@@ -462,7 +501,7 @@ cdef class _Part:
                 raise MemoryError()
             self.recs, self.cap = r, cap
         r = &self.recs[self.n]
-        r.ent = <uint32_t>e
+        r.ent = self.last_e
         r.metric = self._str(metric)
         r.src_p = src_p
         r._pad = 0
@@ -525,19 +564,26 @@ cdef class Outbox:
     (the version-3 JSON built a list and a tuple per sample and formatted every float)."""
     cdef dict parts
     cdef public Py_ssize_t samples
+    cdef int last_p  # the previous sample's partition and its _Part
+    cdef object last_part
 
     def __cinit__(self):
         self.parts = {}
         self.samples = 0
+        self.last_p = -1
+        self.last_part = None
 
     def __len__(self):
         return len(self.parts)
 
     cdef int add(self, int p, object eid, object ljson, object metric, int32_t src_p, int64_t src_o,
                  double ts, double value) except -1:
-        cdef object part = self.parts.get(p)
-        if part is None:
-            part = self.parts[p] = _Part()
+        cdef object part = self.last_part
+        if p != self.last_p or part is None:
+            part = self.parts.get(p)
+            if part is None:
+                part = self.parts[p] = _Part()
+            self.last_p, self.last_part = p, part
         (<_Part>part).add(eid, ljson, metric, src_p, src_o, ts, value)
         self.samples += 1
         return 0
