@@ -330,6 +330,9 @@ cdef class WindowAccumulators:
         """:meth:`summary` as a :class:`Summary` (a read-only mapping keyed by
         ``window.SUMMARY_FIELDS``), then release the slot: one object of 14 unboxed doubles
         instead of a dict of 14 boxed numbers (once per metric of every closed window)."""
+        return self._take(slot)
+
+    cdef Summary _take(self, long slot):
         cdef Summary out = Summary.__new__(Summary)
         self._fill_summary(slot, out.v)
         self.release(slot)
@@ -483,13 +486,9 @@ def take_window(WindowAccumulators acc, EntityWindows rec, start, double size):
     """
     cdef dict slots = rec.wins.pop(start)
     cdef dict summary = {}
-    cdef Summary s
     rec.starts.remove(start)
     for metric, slot in slots.items():
-        s = Summary.__new__(Summary)
-        acc._fill_summary(<long> slot, s.v)
-        acc.release(<long> slot)
-        summary[metric] = s
+        summary[metric] = acc._take(<long> slot)  # (take_summary)
     end = <double> start + size
     cu = rec.closed_until
     if cu is None or <double> end > <double> cu:

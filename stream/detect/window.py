@@ -137,7 +137,8 @@ class WindowStore:
 
     def _close(self, entity: str, rec: _Windows, start: float) -> ClosedWindow:
         # {metric: acc.take_summary(slot)} (slots released), the window removed from rec and
-        # rec.closed_until moved to its end: one compiled call (the Python rule: test_window.py)
+        # rec.closed_until moved to its end: one compiled call (its Python rule is held to it in
+        # tests/unit/test_window_store.py)
         summary, end = _take_window(self.acc, rec, start, self.size)
         return ClosedWindow(entity, start, end, summary)
 
