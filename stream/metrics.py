@@ -33,6 +33,11 @@ STATE_WRITE = Histogram("stream_state_write_seconds",
 STATE_WRITTEN = Counter("stream_state_writes", "State records written to the changelog at commits: per changed "
                         "entity its sample part, plus its window part when a window closed; model states",
                         registry=REGISTRY)
+COPARTITION_VIOLATIONS = Counter("stream_copartition_violations", "Entity batches that arrived on a metrics "
+                                 "partition other than the one the entity's state lives on, with "
+                                 "STREAM_COPARTITIONED_INPUT=true (the input is not keyed by entity: in a "
+                                 "rebalance, two workers may then hold parts of the entity's state)",
+                                 registry=REGISTRY)
 REBALANCES = Counter("stream_rebalances", "Consumer group rebalances seen by this worker", registry=REGISTRY)
 REREADS = Counter("stream_input_rereads", "Holes in a partition's offsets the consumer skipped, read again "
                   "(stream.gaps)", ["topic"], registry=REGISTRY)

@@ -35,6 +35,7 @@ from stream.detect.engine import Detector
 from stream.detect.spec import load_specs
 from stream.events import deadletter_record
 from stream.gaps import GapGuard
+from stream._route import decode_v4
 from stream.routing import Router, decode_payload
 from stream.settings import Settings, SettingsError, get_settings
 
@@ -294,6 +295,11 @@ def build_app(settings: Settings | None = None) -> faust.App:
         start_in_thread(LagMonitor(s, [s.app_id], gauges=(m.LAG_MESSAGES, m.LAG_SECONDS, m.LAG_UP), isolated=True,
                                    topics=inputs, partitions=assigned), interval=5.0)
 
+    # STREAM_COPARTITIONED_INPUT: the ingest agent detects itself (detect_at_ingest), no internal topic
+    copart = s.copartitioned_input
+    violations = m.COPARTITION_VIOLATIONS
+    warned: set[str] = set()
+
     processing = m.PROCESSING
     processed = m.EVENTS.labels(s.topic_metrics, "processed")
     deadlettered = m.EVENTS.labels(s.topic_metrics, "deadlettered")
@@ -302,6 +308,14 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
     batch_max = s.ingest_batch_messages
     batch_bytes = max(s.max_message_bytes, INTERNAL_BATCH_BYTES)
+
+    async def deadletter(bad, event) -> None:
+        msg = event.message
+        deadlettered.inc(len(bad))
+        for rej in bad:
+            m.DEADLETTER.labels(rej.reason).inc()
+            rec = deadletter_record(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset, key=event.key)
+            await deadletter_topic.send(key=f"{msg.topic}/{msg.partition}/{msg.offset}".encode(), value=orjson.dumps(rec))
 
     async def forward(out) -> None:
         # one internal message per destination partition for the whole batch (stream.routing)
@@ -314,6 +328,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
         # within STREAM_INGEST_LINGER_SECONDS): Faust acks a batch's events after this body has
         # handed its internal messages to the producer, and flushes the producer before committing.
         async for events in stream.take_events(batch_max, within=s.ingest_linger_seconds):
+            if copart:
+                await detect_at_ingest(events)
+                continue
             t0 = time.perf_counter()
             out = router.outbox()
             size = 0
@@ -327,13 +344,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 n_good, bad = router.add_message(raw, msg.partition, msg.offset, out, max_bytes=s.max_message_bytes,
                                                  max_batch=s.max_batch_samples, max_ts=max_ts)
                 if bad:
-                    deadlettered.inc(len(bad))
-                for rej in bad:
-                    m.DEADLETTER.labels(rej.reason).inc()
-                    rec = deadletter_record(rej, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                                            key=event.key)
-                    await deadletter_topic.send(key=f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
-                                                value=orjson.dumps(rec))
+                    await deadletter(bad, event)
                 if not n_good:
                     continue
                 processed.inc(n_good)
@@ -346,6 +357,36 @@ def build_app(settings: Settings | None = None) -> faust.App:
             per_msg = (time.perf_counter() - t0) / max(1, len(events))
             for _ in events:  # one observation per input message, as before batching
                 processing.observe(per_msg)
+
+    async def detect_at_ingest(events) -> None:
+        """STREAM_COPARTITIONED_INPUT: the batch's samples go straight to the detectors, each
+        entity on its input partition (its lane), without the internal topic. Each input
+        partition's messages are routed into their own outbox, which is decoded as the detect
+        agent decodes an internal message: the same path from there on."""
+        if not state_gate.is_set():  # (a commit is writing state: entities must not change meanwhile)
+            await state_gate.wait()
+        t0 = time.perf_counter()
+        outs: dict[int, Any] = {}
+        max_ts = time.time() + s.max_future_seconds
+        for event in events:
+            if guard is not None:
+                await reread_skipped(event)
+            msg = event.message
+            out = outs.get(msg.partition)
+            if out is None:
+                out = outs[msg.partition] = router.outbox()
+            n_good, bad = router.add_message(event.value, msg.partition, msg.offset, out, max_bytes=s.max_message_bytes,
+                                             max_batch=s.max_batch_samples, max_ts=max_ts)
+            if bad:
+                await deadletter(bad, event)
+            if n_good:
+                processed.inc(n_good)
+        for lane, out in outs.items():
+            for payload in out.encode().values():
+                await detect_entities(lane, decode_v4(payload, True))
+        per_msg = (time.perf_counter() - t0) / max(1, len(events))
+        for _ in events:
+            processing.observe(per_msg)
 
     lane_checked: dict[tuple[str, int], float] = {}
     last_wall: dict[str, float] = {}  # entity id -> wall time of its last sample
@@ -509,7 +550,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
     async def on_revoked(sender, revoked, **kwargs) -> None:
         if guard is not None:
             guard.forget(revoked)
-        lanes = {tp.partition for tp in revoked if tp.topic == entity_topic.get_topic_name()}
+        # (lanes are the internal topic's partitions, or with STREAM_COPARTITIONED_INPUT the metrics topic's)
+        lane_topics = {entity_topic.get_topic_name()} | ({s.topic_metrics} if copart else set())
+        lanes = {tp.partition for tp in revoked if tp.topic in lane_topics}
         if not lanes:
             return
         if not eos:
@@ -521,6 +564,98 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 last_wall.pop(eid, None)
         for key in [k for k, (d, e) in dirty.items() if e not in d.entities]:
             del dirty[key]
+
+    async def detect_entities(lane: int, entities: dict) -> None:
+        """Hand each entity's samples (:func:`stream.routing.decode_payload`'s shape) to its
+        detector, publish the alerts, mark the changed entities dirty and do the lane's
+        housekeeping. ``lane``: the partition the entities' state lives on (the internal topic's,
+        or with STREAM_COPARTITIONED_INPUT the metrics topic's, which the changelog shares)."""
+        alerts: list[dict] = []
+        changed: list[tuple[Detector, str]] = []
+        evt_time: dict[str, float] = {}  # detector -> latest event time in this message
+        late = 0
+        for eid, (elabels, chunks) in entities.items():
+            det = pipe.detectors.get(eid.split("/", 1)[0])
+            if det is None:
+                continue  # a detector removed since the sample was routed
+            ent = det.entities.get(eid)
+            if ent is None:  # recovered from the changelog after a restart/rebalance
+                load_entity(det, eid)
+            elif copart and ent.lane != lane:
+                # the input is not co-partitioned for this entity: its state stays on its first
+                # partition, which another worker may take in a rebalance (split state)
+                violations.inc()
+                if eid not in warned and len(warned) < 1000:
+                    warned.add(eid)
+                    log.warning("entity %s arrived on metrics partition %d, its state lives on partition %d: "
+                                "the input is not co-partitioned by entity (STREAM_COPARTITIONED_INPUT)",
+                                eid, lane, ent.lane)
+            late0 = det.late
+            if elabels is not None:  # the entity's chunks (rows of one source message each), in one call
+                # (the cursor of source offsets skips what the state already holds: at-least-once
+                # input, effectively-once state)
+                out, folded = det.ingest_chunks(eid, elabels, chunks, lane)
+                if out:
+                    alerts += out
+            else:  # version-1 payload
+                folded = False
+                for src_part, src_off, rows in chunks:
+                    if det.seen(eid, src_part, src_off):
+                        continue
+                    folded = True
+                    for metric, labels, ts, value, part, off in rows:
+                        alerts += det.ingest(metric, labels, ts, value, offset=off, partition=part, lane=lane)
+                    det.advance_cursor(eid, src_part, src_off)
+            if not folded:
+                continue
+            late += det.late - late0
+            ent = det.entities[eid]
+            changed.append((det, ent.id))
+            name = det.spec.name
+            if ent.last_seen > evt_time.get(name, -float("inf")):
+                evt_time[name] = ent.last_seen
+        if late:
+            m.EVENTS.labels(s.topic_metrics, "late").inc(late)
+        await publish(alerts)
+        wall = time.monotonic()
+        for det, eid in changed:
+            last_wall[eid] = wall
+            dirty[eid.encode()] = (det, eid)
+        # housekeeping for this lane (partition), once per window of event time: close the
+        # windows of entities that went quiet (well behind this lane's event time) and forget
+        # entities idle for longer than STREAM_ENTITY_TTL_SECONDS
+        for name, now_evt in evt_time.items():
+            det = pipe.detectors[name]
+            ck = (name, lane)
+            if now_evt - lane_checked.get(ck, -float("inf")) < det.spec.window:
+                continue
+            lane_checked[ck] = now_evt
+            # an entity counts as quiet only if it is behind in event time AND has received
+            # nothing for STREAM_IDLE_CLOSE_SECONDS of wall time: input partitions are consumed
+            # unevenly during a replay, and another entity's event time must not close windows
+            # that are still receiving samples (they would turn into late samples)
+            idle_after = s.idle_close_seconds
+            quiet, closed = det.advance_lane(
+                now_evt - 10 * det.spec.window - det.spec.allowed_lateness, lane,
+                may_close=lambda e: wall - last_wall.get(e, 0.0) >= idle_after,
+                # silence (missing_data) is judged one window behind the lane, not ten: the
+                # wall-clock veto above already keeps entities that still send out of it
+                silence_watermark=now_evt - det.spec.window - det.spec.allowed_lateness)
+            await publish(quiet)
+            for other in closed:
+                if other in det.entities:
+                    dirty[other.encode()] = (det, det.entities[other].id)
+            for gone in det.expire(now_evt, s.entity_ttl_seconds, lane):
+                key = gone.encode()
+                last_wall.pop(gone, None)
+                dirty.pop(key, None)
+                for k in (key, window_key(key, 0), window_key(key, 1)):
+                    # a tombstone (the store holds no copy to delete: Table.pop would send none)
+                    state.send_changelog(lane, k, None, value_serializer="raw")
+                    drop_stored(k, None)
+                    state_sizes.pop(k, None)
+        if eos:
+            flush_state(in_event=True)
 
     @app.agent(entity_topic)
     async def detect(stream):
@@ -536,82 +671,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 log.error("skipping an unreadable internal message at %s/%d/%d: %s", event.message.topic,
                           lane, event.message.offset, exc)
                 continue
-            alerts: list[dict] = []
-            changed: list[tuple[Detector, str]] = []
-            evt_time: dict[str, float] = {}  # detector -> latest event time in this message
-            late = 0
-            for eid, (elabels, chunks) in entities.items():
-                det = pipe.detectors.get(eid.split("/", 1)[0])
-                if det is None:
-                    continue  # a detector removed since the sample was routed
-                if eid not in det.entities:  # recovered from the changelog after a restart/rebalance
-                    load_entity(det, eid)
-                late0 = det.late
-                if elabels is not None:  # the entity's chunks (rows of one source message each), in one call
-                    # (the cursor of source offsets skips what the state already holds: at-least-once
-                    # input, effectively-once state)
-                    out, folded = det.ingest_chunks(eid, elabels, chunks, lane)
-                    if out:
-                        alerts += out
-                else:  # version-1 payload
-                    folded = False
-                    for src_part, src_off, rows in chunks:
-                        if det.seen(eid, src_part, src_off):
-                            continue
-                        folded = True
-                        for metric, labels, ts, value, part, off in rows:
-                            alerts += det.ingest(metric, labels, ts, value, offset=off, partition=part, lane=lane)
-                        det.advance_cursor(eid, src_part, src_off)
-                if not folded:
-                    continue
-                late += det.late - late0
-                ent = det.entities[eid]
-                changed.append((det, ent.id))
-                name = det.spec.name
-                if ent.last_seen > evt_time.get(name, -float("inf")):
-                    evt_time[name] = ent.last_seen
-            if late:
-                m.EVENTS.labels(s.topic_metrics, "late").inc(late)
-            await publish(alerts)
-            wall = time.monotonic()
-            for det, eid in changed:
-                last_wall[eid] = wall
-                dirty[eid.encode()] = (det, eid)
-            # housekeeping for this lane (partition), once per window of event time: close the
-            # windows of entities that went quiet (well behind this lane's event time) and forget
-            # entities idle for longer than STREAM_ENTITY_TTL_SECONDS
-            for name, now_evt in evt_time.items():
-                det = pipe.detectors[name]
-                ck = (name, lane)
-                if now_evt - lane_checked.get(ck, -float("inf")) < det.spec.window:
-                    continue
-                lane_checked[ck] = now_evt
-                # an entity counts as quiet only if it is behind in event time AND has received
-                # nothing for STREAM_IDLE_CLOSE_SECONDS of wall time: input partitions are consumed
-                # unevenly during a replay, and another entity's event time must not close windows
-                # that are still receiving samples (they would turn into late samples)
-                idle_after = s.idle_close_seconds
-                quiet, closed = det.advance_lane(
-                    now_evt - 10 * det.spec.window - det.spec.allowed_lateness, lane,
-                    may_close=lambda e: wall - last_wall.get(e, 0.0) >= idle_after,
-                    # silence (missing_data) is judged one window behind the lane, not ten: the
-                    # wall-clock veto above already keeps entities that still send out of it
-                    silence_watermark=now_evt - det.spec.window - det.spec.allowed_lateness)
-                await publish(quiet)
-                for other in closed:
-                    if other in det.entities:
-                        dirty[other.encode()] = (det, det.entities[other].id)
-                for gone in det.expire(now_evt, s.entity_ttl_seconds, lane):
-                    key = gone.encode()
-                    last_wall.pop(gone, None)
-                    dirty.pop(key, None)
-                    for k in (key, window_key(key, 0), window_key(key, 1)):
-                        # a tombstone (the store holds no copy to delete: Table.pop would send none)
-                        state.send_changelog(lane, k, None, value_serializer="raw")
-                        drop_stored(k, None)
-                        state_sizes.pop(k, None)
-            if eos:
-                flush_state(in_event=True)
+            await detect_entities(lane, entities)
 
     from stream.models_worker import register_model_agents
     register_model_agents(app, s, alerts_topic, deadletter_topic)
@@ -637,6 +697,26 @@ def _check_web_port(s: Settings) -> None:
                                f"port; STREAM_WEB_BIND for the address)") from None
 
 
+def check_copartitioned(s: Settings, timeout: float = 30.0) -> None:
+    """With STREAM_COPARTITIONED_INPUT an entity's state lives on its metrics partition's number in
+    the changelog, so the metrics topic must have the changelog's partition count
+    (STREAM_TOPIC_PARTITIONS); fail at start, naming both, when it does not."""
+    from stream.kafka.errors import describe, list_topics_failfast
+
+    _, md, err = list_topics_failfast(s, timeout)
+    if md is None:
+        raise RuntimeError(describe(s, err)) from None
+    topic = md.topics.get(s.topic_metrics)
+    if topic is None or topic.error is not None:
+        raise SettingsError(f"STREAM_COPARTITIONED_INPUT=true: the metrics topic {s.topic_metrics!r} does not exist "
+                            "(create it first: `stream topics apply`)")
+    n = len(topic.partitions)
+    if n != s.topic_partitions:
+        raise SettingsError(f"STREAM_COPARTITIONED_INPUT=true needs the metrics topic {s.topic_metrics!r} to have "
+                            f"STREAM_TOPIC_PARTITIONS={s.topic_partitions} partitions, the state changelog's "
+                            f"count; it has {n}")
+
+
 def run_worker(settings: Settings | None = None, loglevel: str | None = None) -> int:
     s = settings or get_settings()
     _check_web_port(s)
@@ -644,6 +724,8 @@ def run_worker(settings: Settings | None = None, loglevel: str | None = None) ->
 
     # The internal topic must exist before the agents subscribe (a missing topic is ignored for good).
     apply_topics(s, declared=False, log=lambda line: log.info("topic %s", line))
+    if s.copartitioned_input:
+        check_copartitioned(s)
     app = build_app(s)
     from faust.worker import Worker
 

@@ -158,9 +158,17 @@ def test_sigkill_one_of_two_workers_the_other_takes_over(kafka_bootstrap, tmp_pa
         _failover(ref, kafka_bootstrap, tmp_path_factory)
 
 
-def _failover(ref: Reference, kafka_bootstrap, tmp_path_factory) -> None:
+def test_copartitioned_sigkill_one_of_two_workers_the_other_takes_over(kafka_bootstrap, tmp_path_factory):
+    """The same with STREAM_COPARTITIONED_INPUT (each entity's state on its metrics partition; the
+    input is keyed by series id, one series per entity): the survivor recovers the dead worker's
+    entities from the changelog partitions of the metrics partitions it takes."""
+    with Reference(kafka_bootstrap, tmp_path_factory.mktemp("ref")) as ref:
+        _failover(ref, kafka_bootstrap, tmp_path_factory, STREAM_COPARTITIONED_INPUT="true")
+
+
+def _failover(ref: Reference, kafka_bootstrap, tmp_path_factory, **extra: str) -> None:
     tmp = tmp_path_factory.mktemp("failover")
-    env = StreamEnv(kafka_bootstrap, tmp, STREAM_TOPIC_PARTITIONS="8")
+    env = StreamEnv(kafka_bootstrap, tmp, STREAM_TOPIC_PARTITIONS="8", **extra)
     env.cli("topics", "apply")
     try:
         port1, port2 = env.env["STREAM_WEB_PORT"], str(_free_port())
