@@ -69,6 +69,10 @@ def main(argv=None) -> int:
     r.add_argument("--commit-interval", type=float, default=1.0,
                    help="commit interval (s) of the service and the naive Faust app (default 1; throughput is "
                         "measured to the moment everything is committed)")
+    r.add_argument("--repartition", action="store_true",
+                   help="run the service through its internal re-partitioning topic (STREAM_COPARTITIONED_INPUT="
+                        "false). Default: co-partitioned, since the generated input is keyed by collector batch "
+                        "and every entity stays in one batch, hence on one partition")
     r.add_argument("--timeout", type=float,
                    help="wall seconds each phase may take to catch up before the run fails (default 600; a run "
                         "at 100,000 entities needs more: its commits write every changed entity's state)")
@@ -97,6 +101,7 @@ def main(argv=None) -> int:
         cfg.kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     cfg.keep_topics = args.keep_topics
     cfg.commit_interval = args.commit_interval
+    cfg.copartitioned = not args.repartition
     for item in args.worker_env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("STREAM_"):

@@ -16,6 +16,17 @@ def _down(x: float) -> str:
     return f"{math.floor(x * 100 + 1e-9) / 100:.2f}"  # (1e-9: 0.29 * 100 is 28.999999999999996)
 
 
+def _path(c: dict) -> str:
+    """How the service's worker ran: co-partitioned (no internal topic) or through the hop."""
+    env = c.get("worker_env") or {}
+    copart = str(env.get("STREAM_COPARTITIONED_INPUT", c.get("copartitioned", False))).lower() in ("true", "1", "yes", "on")
+    if copart:
+        return ("Service path: co-partitioned input (`STREAM_COPARTITIONED_INPUT=true`): the input is keyed by "
+                "collector batch, each entity stays on one partition, and the worker detects where it reads.")
+    return ("Service path: re-partitioned (`STREAM_COPARTITIONED_INPUT=false`, `--repartition`): every sample "
+            "goes through the internal topic to its entity's partition.")
+
+
 def markdown(r: dict, plots: list[str]) -> str:
     c = r["config"]
     svc, ceil, naive = r.get("service", {}), r.get("ceiling") or {}, r.get("naive") or {}
@@ -29,6 +40,8 @@ def markdown(r: dict, plots: list[str]) -> str:
         f"(every {c['step']:g} s of event time), {c['hours']:g} h of event time replayed; spec `loadtest` "
         f"(`group_by: [entity]`), {c['partitions']} partitions, one worker, {c.get('cores')} cores (shared). "
         f"Run took {r.get('wall_seconds', 0):.0f} s.",
+        "",
+        _path(c),
         "",
         "| system | samples/s | messages/s | seconds to catch up | produce seconds | CPU µs per sample "
         "| warm-up seconds | warm-up CPU µs per sample |",

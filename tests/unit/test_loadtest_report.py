@@ -18,3 +18,15 @@ def test_the_naive_ratio_is_rounded_down_and_judged(ratio, shown, verdict):
 
 def test_round_down():
     assert [_down(x) for x in (0.5, 0.149, 0.29, 2.0, 9.9999)] == ["0.50", "0.14", "0.29", "2.00", "9.99"]
+
+
+@pytest.mark.parametrize("config, path", [
+    ({"copartitioned": True}, "co-partitioned"),
+    ({"copartitioned": False}, "re-partitioned"),
+    ({}, "re-partitioned"),  # a report from before the setting: the service always took the hop
+    ({"copartitioned": True, "worker_env": {"STREAM_COPARTITIONED_INPUT": "false"}}, "re-partitioned"),
+])
+def test_the_summary_names_the_services_path(config, path):
+    text = markdown({"config": {**_CONFIG, **config}}, [])
+    line = next(x for x in text.splitlines() if x.startswith("Service path:"))
+    assert line.startswith(f"Service path: {path}")
