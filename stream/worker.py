@@ -16,6 +16,11 @@ Two agents:
     and keep the entity's serialized state in the changelog-backed table ``entity-state``
     together with the source offsets it reflects (a replay after a crash skips what the state
     already holds). State is written lazily, before every offset commit (see ``flush_state``).
+
+With ``STREAM_COPARTITIONED_INPUT`` (input keyed so that every entity stays on one metrics
+partition) ``ingest`` does the detection itself (``detect_at_ingest``): each input partition's
+samples go straight to the detectors, the entity's state lives on its input partition's number
+in the changelog, and the internal topic is not written. Both paths share ``detect_entities``.
 """
 from __future__ import annotations
 
