@@ -239,11 +239,20 @@ def _route_like_the_reference(raws: list[bytes], max_ts: float, max_batch: int =
         assert n_fast == sum(len(g) for _p, _o, g in ref_batch)
         assert nested(out) == ref_router.group(ref_batch)
         assert Router.encode(out) == ref_router.route(ref_batch)  # the same bytes either way
+        merged = {}
         for raw in Router.encode(out).values():  # the worker's columns hold the same rows
             cols = decode_payload(raw, None, columns=True)
             assert {eid: (orjson.loads(lab), [[p, o, list(rows)] for p, o, rows in chunks])
                     for eid, (lab, chunks) in cols.items()} \
                 == decode_payload(raw, None)
+            merged.update(cols)
+        # the co-partitioned worker's columns, taken from the outbox without encoding: the same
+        # entities, labels, chunks and rows as decoding every encoded message
+        direct = out.columns()
+        assert list(direct) == list(merged)
+        assert all(type(eid) is str for eid in direct)
+        assert {eid: (lab, [[p, o, list(rows)] for p, o, rows in chunks]) for eid, (lab, chunks) in direct.items()} \
+            == {eid: (lab, [[p, o, list(rows)] for p, o, rows in chunks]) for eid, (lab, chunks) in merged.items()}
         scanned.append(fast_router.scanned - before)
     return scanned
 
