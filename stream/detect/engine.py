@@ -246,6 +246,8 @@ class Detector:
         self._has_mean = "mean" in self._feats
         self._watching = spec.missing_after_windows > 0
         self._score_type = score_typecode(spec.model)
+        w = self.windows  # (all fixed for the detector's life: built once, not per call)
+        self._fold = (w, w.acc, w.entities, w.heaps, w.size, w.lateness, self._gap_span, self._watching)
 
     # ------------------------------------------------------------------------ gaps
     def _ws(self, ts: float) -> float:
@@ -326,8 +328,7 @@ class Detector:
     def _fold_args(self) -> tuple:
         """What the compiled sample loops take besides the entity: the window store, its pool,
         index, heaps, window size and lateness, the gap span and whether silence is watched."""
-        w = self.windows
-        return w, w.acc, w.entities, w.heaps, w.size, w.lateness, self._gap_span, self._watching
+        return self._fold
 
     def _new_entity(self, eid: str, elabels: dict[str, str] | bytes, lane: int) -> _Entity:
         if type(elabels) is bytes:  # as JSON (an internal message's, decoded with columns)
@@ -357,7 +358,7 @@ class Detector:
             unchecked = 0
         eid = ent.id
         out: list[dict] = []
-        windows, acc, wents, heaps, size, lateness, gap_span, watching = self._fold_args()
+        windows, acc, wents, heaps, size, lateness, gap_span, watching = self._fold
         cursor = ent.cursor
         ci = i = 0
         folded = False
