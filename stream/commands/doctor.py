@@ -24,7 +24,8 @@ def register(sub) -> None:
         description="Check that the Kafka broker answers (STREAM_BOOTSTRAP_SERVERS), that every declared topic "
         "exists with its declared partitions and configs, that the compiled extensions (stream.detect._window, "
         "_hst, _binning, _standardize, _adwin, stream._route) are loaded from built .so files, and that the detector and monitor specs in "
-        "STREAM_SPECS_DIR are valid; then print the settings with secrets masked.",
+        "STREAM_SPECS_DIR are valid (with STREAM_COPARTITIONED_INPUT, that the metrics topic has "
+        "STREAM_TOPIC_PARTITIONS partitions); then print the settings with secrets masked.",
         epilog="Exit status: 0 when every check passes, 1 otherwise.")
     p.add_argument("--json", action="store_true", help="print one JSON object (checks and masked settings)")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the broker (default 10)")
@@ -105,6 +106,10 @@ def check_broker_and_topics(settings, timeout: float) -> list[Check]:
             issues = []
             if n < t.partitions:
                 issues.append(f"{n} partitions, declared {t.partitions}")
+            if settings.copartitioned_input and t.name == settings.topic_metrics and n != settings.topic_partitions:
+                # (the worker refuses to start: an entity's state lives on its metrics partition's number)
+                issues.append(f"{n} partitions: STREAM_COPARTITIONED_INPUT=true needs STREAM_TOPIC_PARTITIONS="
+                              f"{settings.topic_partitions}, the state changelog's count")
             cfg = configs.get(t.name, {})
             if "__error__" in cfg:
                 issues.append(f"configs unreadable: {cfg['__error__']}")

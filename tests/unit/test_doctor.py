@@ -74,6 +74,13 @@ def test_doctor_against_the_broker(stream_env):
     assert all(c["ok"] for c in out["checks"])
     topics = {r["topic"]: r for r in next(c for c in out["checks"] if c["name"] == "topics")["items"]}
     assert topics[env.env["STREAM_TOPIC_METRICS"]]["partitions"] == 4
+    # co-partitioned input needs the metrics topic at the changelog's partition count
+    copart = {**env.env, "STREAM_COPARTITIONED_INPUT": "true"}
+    assert _doctor(copart).returncode == 0
+    res = _doctor({**copart, "STREAM_TOPIC_PARTITIONS": "2"})
+    assert res.returncode == 1
+    assert (f"{env.env['STREAM_TOPIC_METRICS']}: 4 partitions: STREAM_COPARTITIONED_INPUT=true needs "
+            "STREAM_TOPIC_PARTITIONS=2") in res.stdout, res.stdout
     # a config changed behind the contract's back, and a missing topic, are both reported
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
