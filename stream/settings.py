@@ -122,8 +122,8 @@ class Settings:
     copartitioned_input: bool = _f(
         False, "every entity's samples always arrive on one partition of the metrics topic (producers key "
         "messages by entity, or by a collector whose set of entities does not change). The worker then "
-        "detects where it reads, without the re-partitioning hop through the internal topic (~1/5 of its "
-        "CPU per sample), and keeps each entity's state on its input partition. Needs the metrics topic to "
+        "detects where it reads, without the re-partitioning hop through the internal topic (a third of "
+        "its CPU per sample in the load test), and keeps each entity's state on its input partition. Needs the metrics topic to "
         "have STREAM_TOPIC_PARTITIONS partitions and at_least_once; an entity seen on a second partition "
         "is counted (stream_copartition_violations_total) and logged"
     )

@@ -246,7 +246,10 @@ class Detector:
         self._has_mean = "mean" in self._feats
         self._watching = spec.missing_after_windows > 0
         self._score_type = score_typecode(spec.model)
-        w = self.windows  # (all fixed for the detector's life: built once, not per call)
+        # what the compiled sample loops take besides the entity: the window store, its pool, index,
+        # heaps, window size and lateness, the gap span and whether silence is watched (all fixed
+        # for the detector's life: built once, not per call)
+        w = self.windows
         self._fold = (w, w.acc, w.entities, w.heaps, w.size, w.lateness, self._gap_span, self._watching)
 
     # ------------------------------------------------------------------------ gaps
@@ -301,7 +304,7 @@ class Detector:
         if type(rows) is not list and type(rows) is not Rows:
             rows = list(rows)
         out: list[dict] = []
-        windows, acc, wents, heaps, size, lateness, gap_span, watching = self._fold_args()
+        windows, acc, wents, heaps, size, lateness, gap_span, watching = self._fold
         fold_py = self._fold_py
         i, n = 0, len(rows)
         # the compiled loop (stream.detect._window.fold_rows) folds samples in until one needs the
@@ -324,11 +327,6 @@ class Detector:
             elif why == 2:
                 out += self._emit(windows.close_entity(eid, ent.last_seen))
         return out
-
-    def _fold_args(self) -> tuple:
-        """What the compiled sample loops take besides the entity: the window store, its pool,
-        index, heaps, window size and lateness, the gap span and whether silence is watched."""
-        return self._fold
 
     def _new_entity(self, eid: str, elabels: dict[str, str] | bytes, lane: int) -> _Entity:
         if type(elabels) is bytes:  # as JSON (an internal message's, decoded with columns)
