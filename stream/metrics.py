@@ -38,6 +38,10 @@ COPARTITION_VIOLATIONS = Counter("stream_copartition_violations", "Entity batche
                                  "STREAM_COPARTITIONED_INPUT=true (the input is not keyed by entity: in a "
                                  "rebalance, two workers may then hold parts of the entity's state)",
                                  registry=REGISTRY)
+STALE_EVENTS = Counter("stream_stale_events_skipped", "Input events taken before a rebalance and reaching an "
+                       "agent after it (their partition revoked, or fetched in an earlier group generation): "
+                       "set aside unprocessed and never committed, so the partition's owner reads them again "
+                       "(stream.rebalance)", ["topic"], registry=REGISTRY)
 REBALANCES = Counter("stream_rebalances", "Consumer group rebalances seen by this worker", registry=REGISTRY)
 REREADS = Counter("stream_input_rereads", "Holes in a partition's offsets the consumer skipped, read again "
                   "(stream.gaps)", ["topic"], registry=REGISTRY)

@@ -334,8 +334,11 @@ class MonitorProcessor:
         return dead, alerts
 
 
-def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic: Any) -> Monitors:
-    """Add the model-monitoring agent and its state table to ``app``; returns the core."""
+def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic: Any, stale: Any = None) -> Monitors:
+    """Add the model-monitoring agent and its state table to ``app``; returns the core.
+
+    ``stale``: the worker's :class:`stream.rebalance.StaleInput` (input from before a rebalance is
+    set aside for the partition's owner; the revocation handler below marks it first)."""
     mons = Monitors(load_monitor_specs(s.specs_dir or None), source_topic=s.topic_inferences,
                     feedback_topic=s.topic_feedback)
     app.monitors = mons  # type: ignore[attr-defined]
@@ -369,6 +372,8 @@ def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic:
 
     @app.on_partitions_revoked.connect
     async def on_models_revoked(sender, revoked, **kwargs) -> None:
+        if stale is not None:
+            stale.revoke(revoked)
         lanes = {tp.partition for tp in revoked if tp.topic in input_topics}
         if lanes:
             gone = proc.revoke(lanes, flush=lazy)
@@ -380,6 +385,9 @@ def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic:
         async for event in stream.events():
             t0 = time.perf_counter()
             msg = event.message
+            if stale is not None and stale(msg):
+                stale.set_aside((event,))
+                continue
             dead, alerts = proc.process(msg.topic, msg.partition, msg.offset, event.key, event.value)
             for k, v in dead:
                 await deadletter_topic.send(key=k, value=v)

@@ -40,6 +40,7 @@ from stream.detect.engine import Detector
 from stream.detect.spec import load_specs
 from stream.events import deadletter_record
 from stream.gaps import GapGuard
+from stream.rebalance import StaleInput
 from stream.routing import Router, decode_payload
 from stream.settings import Settings, SettingsError, get_settings
 
@@ -270,6 +271,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
     # records Faust skipped around a rebalance are read again (stream.gaps); not under exactly_once,
     # where transaction markers leave a hole after every transaction of the internal topic
     guard = GapGuard() if s.processing_guarantee != "exactly_once" else None
+    # input taken before a rebalance that reaches an agent after it is set aside, unprocessed and
+    # uncommitted, for the partition's owner to read again (stream.rebalance)
+    stale = StaleInput(app)
 
     async def reread_skipped(event) -> None:
         msg = event.message
@@ -340,9 +344,12 @@ def build_app(settings: Settings | None = None) -> faust.App:
             size = 0
             max_ts = time.time() + s.max_future_seconds
             for event in events:
+                msg = event.message
+                if stale(msg):
+                    stale.set_aside((event,))
+                    continue
                 if guard is not None:
                     await reread_skipped(event)
-                msg = event.message
                 raw = event.value
                 # decode, validate and route in one pass (compiled for series already seen valid)
                 n_good, bad = router.add_message(raw, msg.partition, msg.offset, out, max_bytes=s.max_message_bytes,
@@ -372,14 +379,20 @@ def build_app(settings: Settings | None = None) -> faust.App:
             await state_gate.wait()
         t0 = time.perf_counter()
         outs: dict[int, Any] = {}
+        taken: dict[int, list] = {}  # partition -> its events (set aside if it is revoked meanwhile)
         max_ts = time.time() + s.max_future_seconds
         for event in events:
+            msg = event.message
+            if stale(msg):
+                stale.set_aside((event,))
+                continue
             if guard is not None:
                 await reread_skipped(event)
-            msg = event.message
             out = outs.get(msg.partition)
             if out is None:
                 out = outs[msg.partition] = router.outbox()
+                taken[msg.partition] = []
+            taken[msg.partition].append(event)
             n_good, bad = router.add_message(event.value, msg.partition, msg.offset, out, max_bytes=s.max_message_bytes,
                                              max_batch=s.max_batch_samples, max_ts=max_ts)
             if bad:
@@ -388,7 +401,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 processed.inc(n_good)
         for lane, out in outs.items():
             if out:  # (the rows as the detect agent decodes them, taken from the outbox without bytes)
-                await detect_entities(lane, out.columns())
+                await detect_entities(lane, out.columns(), taken[lane])
         per_msg = (time.perf_counter() - t0) / max(1, len(events))
         for _ in events:
             processing.observe(per_msg)
@@ -553,6 +566,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
+        # marked, written and dropped in one step (no await in this handler): an agent that gets
+        # to these partitions' input afterwards sets it aside (stream.rebalance)
+        stale.revoke(revoked)
         if guard is not None:
             guard.forget(revoked)
         # (lanes are the internal topic's partitions, or with STREAM_COPARTITIONED_INPUT the metrics topic's)
@@ -570,11 +586,19 @@ def build_app(settings: Settings | None = None) -> faust.App:
         for key in [k for k, (d, e) in dirty.items() if e not in d.entities]:
             del dirty[key]
 
-    async def detect_entities(lane: int, entities: dict) -> None:
+    async def detect_entities(lane: int, entities: dict, events: list) -> None:
         """Hand each entity's samples (:func:`stream.routing.decode_payload`'s shape) to its
         detector, publish the alerts, mark the changed entities dirty and do the lane's
         housekeeping. ``lane``: the partition the entities' state lives on (the internal topic's,
-        or with STREAM_COPARTITIONED_INPUT the metrics topic's, which the changelog shares)."""
+        or with STREAM_COPARTITIONED_INPUT the metrics topic's, which the changelog shares);
+        ``events``: the input events the samples came from, all of that partition.
+
+        When the partition is revoked before or while this runs (an await gives the revocation
+        handler its turn), the events are set aside (stream.rebalance): the entities the handler
+        dropped are neither re-created nor written here, and the new owner reads the events again."""
+        if stale(events[0].message):
+            stale.set_aside(events)
+            return
         alerts: list[dict] = []
         changed: list[tuple[Detector, str]] = []
         evt_time: dict[str, float] = {}  # detector -> latest event time in this message
@@ -622,6 +646,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
         if late:
             m.EVENTS.labels(s.topic_metrics, "late").inc(late)
         await publish(alerts)
+        if stale(events[0].message):  # revoked meanwhile: the handler dropped these entities unwritten
+            stale.set_aside(events)
+            return
         wall = time.monotonic()
         for det, eid in changed:
             last_wall[eid] = wall
@@ -647,6 +674,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 # wall-clock veto above already keeps entities that still send out of it
                 silence_watermark=now_evt - det.spec.window - det.spec.allowed_lateness)
             await publish(quiet)
+            if stale(events[0].message):  # revoked meanwhile (the handler wrote these entities): no
+                stale.set_aside(events)  # closes or tombstones for a partition another worker owns
+                return
             for other in closed:
                 if other in det.entities:
                     dirty[other.encode()] = (det, det.entities[other].id)
@@ -667,6 +697,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
         async for event in stream.events():
             if not state_gate.is_set():
                 await state_gate.wait()
+            if stale(event.message):
+                stale.set_aside((event,))
+                continue
             if guard is not None:
                 await reread_skipped(event)
             lane = event.message.partition
@@ -676,10 +709,10 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 log.error("skipping an unreadable internal message at %s/%d/%d: %s", event.message.topic,
                           lane, event.message.offset, exc)
                 continue
-            await detect_entities(lane, entities)
+            await detect_entities(lane, entities, [event])
 
     from stream.models_worker import register_model_agents
-    register_model_agents(app, s, alerts_topic, deadletter_topic)
+    register_model_agents(app, s, alerts_topic, deadletter_topic, stale)
 
     return app
 
