@@ -205,6 +205,17 @@ class Settings:
                 out[k] = "***"
         return out
 
+    def copartition_mismatch(self, metrics_partitions: int) -> str | None:
+        """With STREAM_COPARTITIONED_INPUT an entity's state lives on its metrics partition's number
+        in the changelog, so the metrics topic needs the changelog's partition count: the problem
+        with a metrics topic of ``metrics_partitions`` partitions, or None (the worker refuses to
+        start on it, ``stream doctor`` reports it)."""
+        if not self.copartitioned_input or metrics_partitions == self.topic_partitions:
+            return None
+        return (f"STREAM_COPARTITIONED_INPUT=true needs the metrics topic {self.topic_metrics!r} to have "
+                f"STREAM_TOPIC_PARTITIONS={self.topic_partitions} partitions, the state changelog's count; "
+                f"it has {metrics_partitions}")
+
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir).resolve()

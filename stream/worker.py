@@ -736,9 +736,9 @@ def _check_web_port(s: Settings) -> None:
 
 
 def check_copartitioned(s: Settings, timeout: float = 30.0) -> None:
-    """With STREAM_COPARTITIONED_INPUT an entity's state lives on its metrics partition's number in
-    the changelog, so the metrics topic must have the changelog's partition count
-    (STREAM_TOPIC_PARTITIONS); fail at start, naming both, when it does not."""
+    """With STREAM_COPARTITIONED_INPUT, fail at start when the metrics topic is missing or its
+    partition count is not the changelog's (:meth:`Settings.copartition_mismatch`, the rule
+    `stream doctor` checks too)."""
     from stream.kafka.errors import describe, list_topics_failfast
 
     _, md, err = list_topics_failfast(s, timeout)
@@ -748,11 +748,9 @@ def check_copartitioned(s: Settings, timeout: float = 30.0) -> None:
     if topic is None or topic.error is not None:
         raise SettingsError(f"STREAM_COPARTITIONED_INPUT=true: the metrics topic {s.topic_metrics!r} does not exist "
                             "(create it first: `stream topics apply`)")
-    n = len(topic.partitions)
-    if n != s.topic_partitions:
-        raise SettingsError(f"STREAM_COPARTITIONED_INPUT=true needs the metrics topic {s.topic_metrics!r} to have "
-                            f"STREAM_TOPIC_PARTITIONS={s.topic_partitions} partitions, the state changelog's "
-                            f"count; it has {n}")
+    problem = s.copartition_mismatch(len(topic.partitions))
+    if problem:
+        raise SettingsError(problem)
 
 
 def run_worker(settings: Settings | None = None, loglevel: str | None = None) -> int:

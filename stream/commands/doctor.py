@@ -106,10 +106,9 @@ def check_broker_and_topics(settings, timeout: float) -> list[Check]:
             issues = []
             if n < t.partitions:
                 issues.append(f"{n} partitions, declared {t.partitions}")
-            if settings.copartitioned_input and t.name == settings.topic_metrics and n != settings.topic_partitions:
-                # (the worker refuses to start: an entity's state lives on its metrics partition's number)
-                issues.append(f"{n} partitions: STREAM_COPARTITIONED_INPUT=true needs STREAM_TOPIC_PARTITIONS="
-                              f"{settings.topic_partitions}, the state changelog's count")
+            problem = settings.copartition_mismatch(n) if t.name == settings.topic_metrics else None
+            if problem:  # (the worker refuses to start on it)
+                issues.append(f"{n} partitions: {problem}")
             cfg = configs.get(t.name, {})
             if "__error__" in cfg:
                 issues.append(f"configs unreadable: {cfg['__error__']}")

@@ -79,8 +79,8 @@ def test_doctor_against_the_broker(stream_env):
     assert _doctor(copart).returncode == 0
     res = _doctor({**copart, "STREAM_TOPIC_PARTITIONS": "2"})
     assert res.returncode == 1
-    assert (f"{env.env['STREAM_TOPIC_METRICS']}: 4 partitions: STREAM_COPARTITIONED_INPUT=true needs "
-            "STREAM_TOPIC_PARTITIONS=2") in res.stdout, res.stdout
+    assert (f"{env.env['STREAM_TOPIC_METRICS']}: 4 partitions: STREAM_COPARTITIONED_INPUT=true needs the "
+            f"metrics topic '{env.env['STREAM_TOPIC_METRICS']}' to have STREAM_TOPIC_PARTITIONS=2 partitions") in res.stdout, res.stdout
     # a config changed behind the contract's back, and a missing topic, are both reported
     from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
