@@ -1,5 +1,6 @@
 """stream.rebalance.StaleInput: which input is stale after a rebalance, and that setting it aside
-keeps Faust from recording its offset (the broker-level behaviour: tests/integration/test_rebalance.py)."""
+keeps Faust from recording its offset. The behaviour on the broker: tests/integration/test_rebalance.py
+(test files need unique basenames across tests/: the directories are not packages)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
