@@ -374,12 +374,18 @@ def build_app(settings: Settings | None = None) -> faust.App:
         entity on its input partition (its lane), without the internal topic. Each input
         partition's messages are routed into their own outbox, whose rows go to the detectors as
         the detect agent's decoded internal messages do (``Outbox.columns``, no bytes in between):
-        the same path from there on."""
+        the same path from there on.
+
+        A partition's rejected samples are dead-lettered, and its good ones counted, after its
+        detection step, and only if its events were not set aside meanwhile (stream.rebalance):
+        the new owner, which reads them again, does both."""
         if not state_gate.is_set():  # (a commit is writing state: entities must not change meanwhile)
             await state_gate.wait()
         t0 = time.perf_counter()
         outs: dict[int, Any] = {}
         taken: dict[int, list] = {}  # partition -> its events (set aside if it is revoked meanwhile)
+        rejected: dict[int, list] = {}  # partition -> [(rejections, event)]
+        good: dict[int, int] = {}  # partition -> good samples
         max_ts = time.time() + s.max_future_seconds
         for event in events:
             msg = event.message
@@ -388,20 +394,29 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 continue
             if guard is not None:
                 await reread_skipped(event)
-            out = outs.get(msg.partition)
+            part = msg.partition
+            out = outs.get(part)
             if out is None:
-                out = outs[msg.partition] = router.outbox()
-                taken[msg.partition] = []
-            taken[msg.partition].append(event)
-            n_good, bad = router.add_message(event.value, msg.partition, msg.offset, out, max_bytes=s.max_message_bytes,
+                out = outs[part] = router.outbox()
+                taken[part], rejected[part], good[part] = [], [], 0
+            taken[part].append(event)
+            n_good, bad = router.add_message(event.value, part, msg.offset, out, max_bytes=s.max_message_bytes,
                                              max_batch=s.max_batch_samples, max_ts=max_ts)
             if bad:
-                await deadletter(bad, event)
-            if n_good:
-                processed.inc(n_good)
+                rejected[part].append((bad, event))
+            good[part] += n_good
         for lane, out in outs.items():
+            mine = taken[lane]
             if out:  # (the rows as the detect agent decodes them, taken from the outbox without bytes)
-                await detect_entities(lane, out.columns(), taken[lane])
+                if not await detect_entities(lane, out.columns(), mine):
+                    continue  # set aside
+            elif stale(mine[0].message):  # (only rejected samples; an earlier lane's await let a revocation in)
+                stale.set_aside(mine)
+                continue
+            for bad, event in rejected[lane]:
+                await deadletter(bad, event)
+            if good[lane]:
+                processed.inc(good[lane])
         per_msg = (time.perf_counter() - t0) / max(1, len(events))
         for _ in events:
             processing.observe(per_msg)
@@ -586,7 +601,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         for key in [k for k, (d, e) in dirty.items() if e not in d.entities]:
             del dirty[key]
 
-    async def detect_entities(lane: int, entities: dict, events: list) -> None:
+    async def detect_entities(lane: int, entities: dict, events: list) -> bool:
         """Hand each entity's samples (:func:`stream.routing.decode_payload`'s shape) to its
         detector, publish the alerts, mark the changed entities dirty and do the lane's
         housekeeping. ``lane``: the partition the entities' state lives on (the internal topic's,
@@ -595,10 +610,11 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
         When the partition is revoked before or while this runs (an await gives the revocation
         handler its turn), the events are set aside (stream.rebalance): the entities the handler
-        dropped are neither re-created nor written here, and the new owner reads the events again."""
+        dropped are neither re-created nor written here, and the new owner reads the events again.
+        Returns False then (True: processed)."""
         if stale(events[0].message):
             stale.set_aside(events)
-            return
+            return False
         alerts: list[dict] = []
         changed: list[tuple[Detector, str]] = []
         evt_time: dict[str, float] = {}  # detector -> latest event time in this message
@@ -648,7 +664,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         await publish(alerts)
         if stale(events[0].message):  # revoked meanwhile: the handler dropped these entities unwritten
             stale.set_aside(events)
-            return
+            return False
         wall = time.monotonic()
         for det, eid in changed:
             last_wall[eid] = wall
@@ -676,7 +692,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
             await publish(quiet)
             if stale(events[0].message):  # revoked meanwhile (the handler wrote these entities): no
                 stale.set_aside(events)  # closes or tombstones for a partition another worker owns
-                return
+                return False
             for other in closed:
                 if other in det.entities:
                     dirty[other.encode()] = (det, det.entities[other].id)
@@ -691,6 +707,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
                     state_sizes.pop(k, None)
         if eos:
             flush_state(in_event=True)
+        return True
 
     @app.agent(entity_topic)
     async def detect(stream):

@@ -12,10 +12,13 @@ The test makes that window wide: worker w1 runs with a take buffer that only a f
 rebalances, w1 keeping half of the partitions. When the rest of the stream fills w1's buffer, the
 held events must be set aside (counted in ``stream_stale_events_skipped_total``), and no entity may
 be held by both workers. Then both stop, a third worker takes over, and the alerts must be the
-uninterrupted reference's: the set-aside events were never committed, so nothing is lost.
+uninterrupted reference's: the set-aside events were never committed, so nothing is lost. Three
+bad messages held with the first part are dead-lettered exactly once (w1 dead-lettered them too
+before: twice).
 """
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -30,6 +33,8 @@ pytestmark = pytest.mark.kafka
 
 HOLD = {"STREAM_INGEST_LINGER_SECONDS": "600", "STREAM_INGEST_BATCH_MESSAGES": "2000"}
 FIRST = 1000  # messages w1 takes and holds before w2 joins (fewer than a batch)
+BAD = [b"not json", b'{"metric": "cpu", "labels": {"host": "h0"}, "value": "high", "ts": 1699999990}',
+       b'{"metric": "cpu", "labels": {"host": "h1"}, "value": 1.0}']  # (no ts) held with the first messages
 
 
 def _metric(port, name: str) -> float:
@@ -69,8 +74,8 @@ def test_input_taken_before_a_rebalance_is_left_to_the_new_owner(kafka_bootstrap
             port1, port2 = env.env["STREAM_WEB_PORT"], str(_free_port())
             env.start_worker("w1", **FAST_FAILURE_DETECTION, **HOLD)
             _wait("w1 ready", lambda: ready(port1).get("ready"), 120, env)
-            produce(env, tmp / "first.jsonl", data[:FIRST])
-            _wait("w1 to take the first messages", lambda: _delivered(port1, topic) >= FIRST, 60, env)
+            produce(env, tmp / "first.jsonl", data[:FIRST] + BAD)
+            _wait("w1 to take the first messages", lambda: _delivered(port1, topic) >= FIRST + len(BAD), 60, env)
             time.sleep(1)  # (from its stream's queue into the take buffer)
             assert processed(port1) == 0, "w1 processed a batch it should still hold"
 
@@ -83,7 +88,7 @@ def test_input_taken_before_a_rebalance_is_left_to_the_new_owner(kafka_bootstrap
             skipped = _metric(port1, "stream_stale_events_skipped_total")
             held = [_metric(p, "stream_entities_active") for p in (port1, port2)]
             series = len({json.loads(line)["labels"]["host"] for line in data})
-            print(f"\nrebalance: w1 set aside {skipped:.0f} of the {FIRST} messages it held; entities held "
+            print(f"\nrebalance: w1 set aside {skipped:.0f} of the {FIRST + len(BAD)} messages it held; entities held "
                   f"by w1, w2: {held} of {series}")
             assert sum(held) == series, f"an entity is held by both workers: {held} of {series}"
             assert skipped > 0, "w1's held batch was not set aside (did the rebalance come after it was processed?)"
@@ -95,5 +100,8 @@ def test_input_taken_before_a_rebalance_is_left_to_the_new_owner(kafka_bootstrap
             _caught_up(env, 240)
             print(f"rebalance: w3 caught up in {time.monotonic() - t0:.1f}s")
             compare_with_reference(alerts_of(env), ref.alerts(), processed(port3, "late"))
+            # the bad messages w1 held were dead-lettered once, by whoever owned their partition
+            dead = env.consume(env.env["STREAM_TOPIC_DEADLETTER"], until=lambda r: False, timeout=6)
+            assert sorted(d["original_b64"] for d in dead) == sorted(base64.b64encode(b).decode() for b in BAD), dead
         finally:
             env.stop()
