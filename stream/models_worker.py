@@ -61,6 +61,7 @@ from stream import metrics as m
 from stream.detect.monitor import Monitors
 from stream.detect.monitor_spec import load_monitor_specs
 from stream.events import deadletter_record
+from stream.rebalance import flush_before_rejoin
 from stream.inference_events import decode_feedback, decode_inferences
 from stream.settings import Settings
 
@@ -379,6 +380,8 @@ def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic:
             gone = proc.revoke(lanes, flush=lazy)
             if gone:
                 log.info("partitions %s revoked: %d model(s) written and unloaded", sorted(lanes), len(gone))
+                if lazy:
+                    await flush_before_rejoin(app)
 
     @app.agent(inputs)
     async def monitor(stream):

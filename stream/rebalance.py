@@ -27,9 +27,27 @@ processed twice by two owners. ``stream_stale_events_skipped_total{topic}`` coun
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 from stream import metrics as m
+
+log = logging.getLogger("stream.rebalance")
+
+
+async def flush_before_rejoin(app: Any) -> None:
+    """Wait until the state a revocation handler wrote has reached the broker.
+
+    Faust flushes its producer *before* it sends ``on_partitions_revoked``, and the consumer rejoins
+    the group as soon as the handlers return; the records they write (the revoked partitions'
+    changed state) would otherwise still be in the producer's buffer while the new owner's table
+    recovery reads the changelog to its end, and land after it: a state older than the new owner's
+    own, recovered on its next restart. Call it last in the handler (after the state is dropped:
+    what runs during the await finds the partitions revoked)."""
+    try:
+        await app.producer.flush()
+    except Exception as exc:  # noqa: BLE001 - a failed flush must not crash the rebalance
+        log.warning("flushing the revoked partitions' state before rejoining failed: %r", exc)
 
 
 class StaleInput:

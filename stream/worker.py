@@ -40,7 +40,7 @@ from stream.detect.engine import Detector
 from stream.detect.spec import load_specs
 from stream.events import deadletter_record
 from stream.gaps import GapGuard
-from stream.rebalance import StaleInput
+from stream.rebalance import StaleInput, flush_before_rejoin
 from stream.routing import Router, decode_payload
 from stream.settings import Settings, SettingsError, get_settings
 
@@ -581,7 +581,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
-        # marked, written and dropped in one step (no await in this handler): an agent that gets
+        # marked, written and dropped in one step (no await before the drop): an agent that gets
         # to these partitions' input afterwards sets it aside (stream.rebalance)
         stale.revoke(revoked)
         if guard is not None:
@@ -600,6 +600,8 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 last_wall.pop(eid, None)
         for key in [k for k, (d, e) in dirty.items() if e not in d.entities]:
             del dirty[key]
+        if not eos:
+            await flush_before_rejoin(app)
 
     async def detect_entities(lane: int, entities: dict, events: list) -> bool:
         """Hand each entity's samples (:func:`stream.routing.decode_payload`'s shape) to its
