@@ -61,8 +61,8 @@ from stream import metrics as m
 from stream.detect.monitor import Monitors
 from stream.detect.monitor_spec import load_monitor_specs
 from stream.events import deadletter_record
-from stream.rebalance import flush_before_rejoin
 from stream.inference_events import decode_feedback, decode_inferences
+from stream.rebalance import StaleInput, flush_before_rejoin
 from stream.settings import Settings
 
 log = logging.getLogger("stream.models_worker")
@@ -335,7 +335,7 @@ class MonitorProcessor:
         return dead, alerts
 
 
-def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic: Any, stale: Any = None) -> Monitors:
+def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic: Any, stale: StaleInput) -> Monitors:
     """Add the model-monitoring agent and its state table to ``app``; returns the core.
 
     ``stale``: the worker's :class:`stream.rebalance.StaleInput` (input from before a rebalance is
@@ -373,8 +373,7 @@ def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic:
 
     @app.on_partitions_revoked.connect
     async def on_models_revoked(sender, revoked, **kwargs) -> None:
-        if stale is not None:
-            stale.revoke(revoked)
+        stale.revoke(revoked)
         lanes = {tp.partition for tp in revoked if tp.topic in input_topics}
         if lanes:
             gone = proc.revoke(lanes, flush=lazy)
@@ -388,8 +387,7 @@ def register_model_agents(app, s: Settings, alerts_topic: Any, deadletter_topic:
         async for event in stream.events():
             t0 = time.perf_counter()
             msg = event.message
-            if stale is not None and stale(msg):
-                stale.set_aside((event,))
+            if stale.set_aside_if_stale((event,)):
                 continue
             dead, alerts = proc.process(msg.topic, msg.partition, msg.offset, event.key, event.value)
             for k, v in dead:

@@ -19,16 +19,16 @@ the partitions were assigned again. Processed there, it would
 So an event is **stale** when it was fetched in an earlier consumer-group generation than the
 current one (``Message.generation_id``: every rebalance starts a new generation, and Faust's eager
 protocol revokes every partition at each), or when its partition was revoked in the generation it
-was fetched in (between a revocation and the next assignment the generation has not changed yet). A stale event is set
-aside unprocessed and marked acknowledged *without* recording its offset: Faust commits only
-recorded offsets, so it is never committed and the partition's owner, this worker too when it gets
-the partition back, reads it again from the committed offset. Nothing is lost and nothing is
+was fetched in (between a revocation and the next assignment the generation has not changed yet).
+A stale event is set aside unprocessed and marked acknowledged *without* recording its offset:
+Faust commits only recorded offsets, so it is never committed and the partition's owner, this
+worker too when it gets the partition back, reads it again from the committed offset. Nothing is lost and nothing is
 processed twice by two owners. ``stream_stale_events_skipped_total{topic}`` counts them.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from stream import metrics as m
 
@@ -85,3 +85,11 @@ class StaleInput:
             m.STALE_EVENTS.labels(msg.topic).inc()
             n += 1
         return n
+
+    def set_aside_if_stale(self, events: Sequence) -> bool:
+        """Set the events aside if they are stale (judged by the first: an agent's events of one
+        partition, fetched in one generation); returns whether they were."""
+        if not self(events[0].message):
+            return False
+        self.set_aside(events)
+        return True

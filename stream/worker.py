@@ -344,12 +344,11 @@ def build_app(settings: Settings | None = None) -> faust.App:
             size = 0
             max_ts = time.time() + s.max_future_seconds
             for event in events:
-                msg = event.message
-                if stale(msg):
-                    stale.set_aside((event,))
+                if stale.set_aside_if_stale((event,)):
                     continue
                 if guard is not None:
                     await reread_skipped(event)
+                msg = event.message
                 raw = event.value
                 # decode, validate and route in one pass (compiled for series already seen valid)
                 n_good, bad = router.add_message(raw, msg.partition, msg.offset, out, max_bytes=s.max_message_bytes,
@@ -388,12 +387,11 @@ def build_app(settings: Settings | None = None) -> faust.App:
         good: dict[int, int] = {}  # partition -> good samples
         max_ts = time.time() + s.max_future_seconds
         for event in events:
-            msg = event.message
-            if stale(msg):
-                stale.set_aside((event,))
+            if stale.set_aside_if_stale((event,)):
                 continue
             if guard is not None:
                 await reread_skipped(event)
+            msg = event.message
             part = msg.partition
             out = outs.get(part)
             if out is None:
@@ -410,8 +408,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
             if out:  # (the rows as the detect agent decodes them, taken from the outbox without bytes)
                 if not await detect_entities(lane, out.columns(), mine):
                     continue  # set aside
-            elif stale(mine[0].message):  # (only rejected samples; an earlier lane's await let a revocation in)
-                stale.set_aside(mine)
+            elif stale.set_aside_if_stale(mine):  # (only rejected samples; an earlier lane's await let a revocation in)
                 continue
             for bad, event in rejected[lane]:
                 await deadletter(bad, event)
@@ -614,8 +611,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         handler its turn), the events are set aside (stream.rebalance): the entities the handler
         dropped are neither re-created nor written here, and the new owner reads the events again.
         Returns False then (True: processed)."""
-        if stale(events[0].message):
-            stale.set_aside(events)
+        if stale.set_aside_if_stale(events):
             return False
         alerts: list[dict] = []
         changed: list[tuple[Detector, str]] = []
@@ -664,8 +660,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         if late:
             m.EVENTS.labels(s.topic_metrics, "late").inc(late)
         await publish(alerts)
-        if stale(events[0].message):  # revoked meanwhile: the handler dropped these entities unwritten
-            stale.set_aside(events)
+        if stale.set_aside_if_stale(events):  # revoked meanwhile: the handler dropped these entities unwritten
             return False
         wall = time.monotonic()
         for det, eid in changed:
@@ -692,8 +687,9 @@ def build_app(settings: Settings | None = None) -> faust.App:
                 # wall-clock veto above already keeps entities that still send out of it
                 silence_watermark=now_evt - det.spec.window - det.spec.allowed_lateness)
             await publish(quiet)
-            if stale(events[0].message):  # revoked meanwhile (the handler wrote these entities): no
-                stale.set_aside(events)  # closes or tombstones for a partition another worker owns
+            # revoked meanwhile (the handler wrote these entities): no closes or tombstones for a
+            # partition another worker owns
+            if stale.set_aside_if_stale(events):
                 return False
             for other in closed:
                 if other in det.entities:
@@ -716,8 +712,7 @@ def build_app(settings: Settings | None = None) -> faust.App:
         async for event in stream.events():
             if not state_gate.is_set():
                 await state_gate.wait()
-            if stale(event.message):
-                stale.set_aside((event,))
+            if stale.set_aside_if_stale((event,)):
                 continue
             if guard is not None:
                 await reread_skipped(event)

@@ -54,3 +54,14 @@ def test_set_aside_messages_are_never_recorded_for_commit():
     assert kept.ack(consumer) is True
     assert aside.ack(consumer) is False  # Faust's ack after the batch: nothing reaches the consumer
     assert consumer.recorded == [1]
+
+
+def test_set_aside_if_stale_judges_a_partition_batch_by_its_first_event():
+    app = SimpleNamespace(consumer_generation_id=5)
+    stale = StaleInput(app)
+    fresh = [SimpleNamespace(message=_msg(1, o, 5)) for o in (1, 2)]
+    assert stale.set_aside_if_stale(fresh) is False
+    assert not any(e.message.acked for e in fresh)
+    stale.revoke({TP("metrics", 1)})
+    assert stale.set_aside_if_stale(fresh) is True
+    assert all(e.message.acked for e in fresh)
