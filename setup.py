@@ -12,7 +12,7 @@ from setuptools import Extension, setup
 
 here = Path(__file__).parent
 # river-exact floating point: no fused multiply-adds (river's Rust never contracts a * b + c)
-EXTRA_ARGS = {"stream/detect/_adwin.pyx": ["-ffp-contract=off"]}
+EXTRA_ARGS = {"stream/detect/_adwin.pyx": ["-ffp-contract=off"], "stream/detect/_close.pyx": ["-ffp-contract=off"]}
 extensions = [
     Extension(
         str(p.with_suffix("")).replace("/", "."),

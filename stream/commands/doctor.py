@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 EXTENSIONS = ("stream.detect._window", "stream.detect._hst", "stream.detect._binning", "stream.detect._standardize",
-              "stream.detect._adwin", "stream._route")
+              "stream.detect._adwin", "stream.detect._close", "stream._route")
 
 
 @dataclass
@@ -23,7 +23,7 @@ def register(sub) -> None:
         "doctor", help="check the broker, topics, compiled extensions, specs and settings",
         description="Check that the Kafka broker answers (STREAM_BOOTSTRAP_SERVERS), that every declared topic "
         "exists with its declared partitions and configs, that the compiled extensions (stream.detect._window, "
-        "_hst, _binning, _standardize, _adwin, stream._route) are loaded from built .so files, and that the detector and monitor specs in "
+        "_hst, _binning, _standardize, _adwin, _close, stream._route) are loaded from built .so files, and that the detector and monitor specs in "
         "STREAM_SPECS_DIR are valid (with STREAM_COPARTITIONED_INPUT, that the metrics topic has "
         "STREAM_TOPIC_PARTITIONS partitions); then print the settings with secrets masked.",
         epilog="Exit status: 0 when every check passes, 1 otherwise.")

@@ -7,7 +7,7 @@ Half-Space Trees *before* being learned. The raw score is calibrated into an ano
 tail probability among the entity's recent scores); a decision needs the grade, a score floor
 and a minimum distance from baseline — or, for an excursion of a single feature, which barely
 moves trees that split on one feature out of dozens, an improbable per-feature |z| (see
-:meth:`Detector._on_window`). ADWIN watches each metric's window mean for change: a change
+:meth:`Detector._on_window_py`). ADWIN watches each metric's window mean for change: a change
 emits ``data_drift`` and re-warms the entity instead of alerting on the new normal.
 
 Missing data. A metric absent from a window, or a whole window without samples, is a *gap*.
@@ -52,6 +52,7 @@ import numpy as np
 import orjson
 
 from stream.detect import _standardize
+from stream.detect._close import Entity, WindowClose
 from stream.detect._standardize import count_below
 from stream.detect.adwin import ADWIN
 from stream.detect._adwin import step_means as _step_means
@@ -171,50 +172,9 @@ def alert_id(*parts: Any) -> str:
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:32]
 
 
-class _Entity:
-    __slots__ = ("id", "labels", "lane", "base", "n_normal", "n_windows", "model", "scores", "expected",
-                 "incident", "normal_streak", "cooldown_until", "adwins", "last_end", "gap_flagged",
-                 "last_seen", "cursor", "mlast", "mwin", "gap", "watch", "zpeak", "saved_windows", "wslot")
-
-    def __init__(self, eid: str, labels: dict[str, str], lane: int, score_type: str = "d"):
-        self.id = eid
-        self.labels = labels
-        self.lane = lane
-        self.base = _standardize.Baseline()  # per-feature EWMA mean / variance (C arrays)
-        self.n_normal = 0
-        self.n_windows = 0
-        self.model = None
-        self.scores = array(score_type)  # recent scores (4 or 8 bytes each: score_typecode)
-        self.expected: dict[str, float] = {}
-        self.incident: dict | None = None
-        self.normal_streak = 0
-        self.cooldown_until = -math.inf
-        self.adwins: dict[str, Any] = {}
-        self.last_end = -math.inf
-        self.gap_flagged = False
-        self.last_seen = -math.inf
-        self.cursor: dict[int, int] = {}  # source partition -> highest source offset folded in
-        # metric -> latest event time of a sample (ingest time); its keys are the entity's metrics
-        # (a separate set of them, as before, cost ~730 bytes per 5-metric entity)
-        self.mlast: dict[str, float] = {}
-        self.mwin: dict[str, float] = {}  # metric -> end of the last closed window that had it
-        self.gap: dict | None = None  # the open missing_data incident
-        self.watch: float | None = None  # deadline of its entry in the lane's silence heap
-        self.zpeak = 0.0  # decaying peak of the largest |z| over recent normal windows
-        # n_windows when the window-close part of the state was last exported (export_parts):
-        # that part changes only when a window closes, i.e. when n_windows moves
-        self.saved_windows = -1
-        self.wslot = 1  # the slot (0 or 1) its window part was last exported to (the first goes to 0)
-
-    @property
-    def mean(self) -> dict[str, float]:
-        """The baseline means, ``{"metric:feature": mean}`` (a copy, in baseline order)."""
-        return self.base.mean_dict()
-
-    @property
-    def var(self) -> dict[str, float]:
-        """The baseline variances, ``{"metric:feature": variance}`` (a copy, in baseline order)."""
-        return self.base.var_dict()
+# One entity's state: a cdef class (stream/detect/_close.pyx), so that the compiled window close
+# reads its scalars as C values
+_Entity = Entity
 
 
 class Detector:
@@ -251,6 +211,12 @@ class Detector:
         # for the detector's life: built once, not per call)
         w = self.windows
         self._fold = (w, w.acc, w.entities, w.heaps, w.size, w.lateness, self._gap_span, self._watching)
+        # the window close, compiled (stream/detect/_close.pyx; its Python rule: _on_window_py),
+        # with the spec's constants and the engine's helpers as they are now (tests swap ADWIN)
+        self._wc = WindowClose(self, presence=_PRESENCE_FEATURES, inv_scale=_INV_Z_SCALE, resolve_p=_RESOLVE_P,
+                               make_model=make_model, chi2=_chi2_isf, zcrit=_z_crit, step_means=_step_means,
+                               adwin=ADWIN, adwin_step=_adwin_step)
+        self._close_window = self._wc.close  # (entity, window) -> alerts
 
     # ------------------------------------------------------------------------ gaps
     def _ws(self, ts: float) -> float:
@@ -577,8 +543,10 @@ class Detector:
 
     def _emit(self, windows: list[ClosedWindow]) -> list[dict]:
         alerts: list[dict] = []
+        close = self._close_window
+        ents = self.entities
         for w in windows:
-            alerts.extend(self._on_window(w))
+            alerts.extend(close(ents[w.entity], w))
         firing = [a for a in alerts if a["kind"] == "anomaly" and a["status"] == "firing"]
         if len(firing) > 1:  # other entities anomalous in the same window
             by_window: dict[float, list[dict]] = {}
@@ -647,8 +615,13 @@ class Detector:
                                        for i in range(gap, 0, -1)]
         return imp, info
 
-    def _on_window(self, w: ClosedWindow) -> list[dict]:
+    def _on_window_py(self, ent: _Entity, w: ClosedWindow) -> list[dict]:
         """Score, decide and learn one closed window (then check its entity's metrics for long gaps).
+
+        The rule, in Python: the engine runs it compiled (:class:`stream.detect._close.WindowClose`,
+        held to this method alert for alert and state byte for byte by
+        ``tests/unit/test_window_close.py``); both hand alerts, drift decisions and long gaps to
+        :meth:`_lifecycle_alert`, :meth:`_drift_alert` and :meth:`_window_gaps`.
 
         Decision, after warm-up: the window is anomalous when either
         - (multivariate) the HST grade >= ``threshold.grade``, the raw score >= ``score_floor``
@@ -663,7 +636,6 @@ class Detector:
           an excursion of that feature alone, so the grade path alone rarely catches one.
         """
         spec = self.spec
-        ent = self.entities[w.entity]
         out: list[dict] = []
         gap = 0  # whole windows without any sample between the previous closed window and this one
         if ent.last_end > -math.inf:
@@ -718,9 +690,8 @@ class Detector:
         if anomalous:
             ent.normal_streak = 0
             if ent.incident is None and w.start >= ent.cooldown_until:
-                feats, z = self._vectors(base, imp)
-                a = self._alert(ent, w, "anomaly", "firing", feats, z, score, grade, gap, info,
-                                self._decision(path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, thr.distance_p, dof))
+                a = self._lifecycle_alert(ent, w, "firing", imp, score, grade, gap, info,
+                                          path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, dof)
                 ent.incident = {"id": a["alert_id"], "start": w.start}
                 out.append(a)
         else:
@@ -730,9 +701,8 @@ class Detector:
             near = d2 < _chi2_isf(_RESOLVE_P, max(1, dof))
             ent.normal_streak = ent.normal_streak + 1 if near else 0
             if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
-                feats, z = self._vectors(base, imp)
-                a = self._alert(ent, w, "anomaly", "resolved", feats, z, score, grade, gap, info,
-                                self._decision(path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, thr.distance_p, dof))
+                a = self._lifecycle_alert(ent, w, "resolved", imp, score, grade, gap, info,
+                                          path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, dof)
                 a["incident_id"] = ent.incident["id"]
                 out.append(a)
                 ent.incident = None
@@ -764,17 +734,29 @@ class Detector:
         for m in w.summary:  # an entity's windows close in ascending order
             mwin[m] = w.end
         # --- long gaps of single metrics while the entity still reports -----------------------------
-        lim = spec.missing_after_windows
-        if lim > 0 and len(w.summary) < len(ent.mlast):  # some metric is absent from this window
-            silent = {m: t for m, t in ent.mlast.items()
-                      if t < w.start and self._silent_windows(t, w.end) > lim}
-            if silent:
-                out += self._open_gap(ent, silent, w.end, "window")
+        if spec.missing_after_windows > 0 and len(w.summary) < len(ent.mlast):  # some metric is absent
+            out += self._window_gaps(ent, w)
         if self.on_window is not None:
             self.on_window(w, {"score": score, "grade": grade, "distance": d2, "anomalous": anomalous,
                                "firing": ent.incident is not None, "warm": warm, "max_z": zmax,
                                "path": path, "imputed": info.get("imputed", [])})
         return out
+
+    def _lifecycle_alert(self, ent: _Entity, w: ClosedWindow, status: str, imp: dict, score: float, grade: float,
+                         gap: int, info: dict, path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2, dof) -> dict:
+        """The ``anomaly`` alert (firing or resolved) of a window close, with its decision facts."""
+        feats, z = self._vectors(ent.base, imp)
+        return self._alert(ent, w, "anomaly", status, feats, z, score, grade, gap, info,
+                           self._decision(path, zmax, zfeat, n_z, z_crit, zpeak, z_thr, d2,
+                                          self.spec.threshold.distance_p, dof))
+
+    def _window_gaps(self, ent: _Entity, w: ClosedWindow) -> list[dict]:
+        """A ``missing_data`` alert for the entity's metrics silent for more than
+        ``missing_after_windows`` while it still reports (some metric absent from ``w``)."""
+        lim = self.spec.missing_after_windows
+        silent = {m: t for m, t in ent.mlast.items()
+                  if t < w.start and self._silent_windows(t, w.end) > lim}
+        return self._open_gap(ent, silent, w.end, "window") if silent else []
 
     @staticmethod
     def _vectors(base, imp: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
@@ -806,11 +788,17 @@ class Detector:
         """ADWIN over each metric's window mean (the ``metric:mean`` feature, when finite)."""
         if not self._has_mean:
             return None  # no "mean" feature: nothing to watch
-        changed = []
         # each metric's window mean (the metric:mean feature; non-finite ones are left out of
         # the features) into its ADWIN, metrics in sorted order: one compiled call per window
         # (stream.detect._adwin.step_means; the Python loop is _step_means_py)
-        for metric, before, ad in _step_means(ent.adwins, w.summary, ADWIN, self.spec.drift_delta, _adwin_step):
+        hits = _step_means(ent.adwins, w.summary, ADWIN, self.spec.drift_delta, _adwin_step)
+        return self._drift_alert(ent, w, info, hits) if hits else None
+
+    def _drift_alert(self, ent: _Entity, w: ClosedWindow, info: dict | None, hits: list) -> dict | None:
+        """The ``data_drift`` alert of the ADWINs that detected a change (``hits``: ``(metric,
+        mean before, ADWIN)``), if the change matters; it re-warms the entity."""
+        changed = []
+        for metric, before, ad in hits:
             # statistically significant is not enough: the shift must matter against the
             # metric's own sample noise (its baseline within-window std), or a slow daily
             # pattern would be reported as drift all day long

@@ -34,7 +34,7 @@ def test_compiled_extensions_are_loaded_from_shared_objects():
     c = check_extensions()
     assert c.ok, c.detail
     assert [i["module"] for i in c.items] == ["stream.detect._window", "stream.detect._hst", "stream.detect._binning",
-                                                 "stream.detect._standardize", "stream.detect._adwin", "stream._route"]
+                                                 "stream.detect._standardize", "stream.detect._adwin", "stream.detect._close", "stream._route"]
     assert all(i["file"].endswith(".so") for i in c.items)
 
 
