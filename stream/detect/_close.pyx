@@ -94,7 +94,7 @@ cdef class WindowClose:
     cdef dict fkeys, chi2_cache, resolve_cache, zcrit_cache
     cdef double size, alpha, zdecay, grade, score_floor, distance_p, feature_p, peak_ratio
     cdef double cooldown_span, inv_scale, resolve_p, drift_delta
-    cdef long warmup, history, resolve_after, missing_after, zpeak_after
+    cdef long warmup, history, resolve_after, missing_after, zpeak_after, settle
     cdef bint drift, has_mean
 
     def __init__(self, det, *, presence, double inv_scale, double resolve_p, make_model, chi2, zcrit,
@@ -127,6 +127,7 @@ cdef class WindowClose:
         self.peak_ratio = thr.feature_peak_ratio
         self.history = thr.history
         self.warmup = spec.warmup_windows
+        self.settle = det._settle
         self.resolve_after = spec.resolve_after
         self.cooldown_span = spec.cooldown_windows * spec.window
         self.missing_after = spec.missing_after_windows
@@ -190,7 +191,9 @@ cdef class WindowClose:
             if has_imp:
                 det.imputed_features += len(imp)
         # standardize against the entity's baseline (see Detector._on_window_py)
-        x, d2, zmax, zfeat, n_z = base.standardize(self.presence, self.inv_scale, has_imp)
+        # (a feature that joined the baseline late is left out until it has its own warm-up)
+        x, d2, zmax, zfeat, n_z = base.standardize(self.presence, self.inv_scale, has_imp,
+                                                   ent.n_normal if ent.n_normal < self.settle else self.settle)
         if has_imp:
             for k in imp:
                 x[k] = 0.5
@@ -277,7 +280,7 @@ cdef class WindowClose:
                 else:
                     model.learn_base(base, self.inv_scale)
             a = self.alpha if ent.n_normal >= self.warmup else 1.0 / (ent.n_normal + 1)
-            base.learn(a)
+            base.learn(a, self.settle)
             ent.n_normal += 1
             if ent.n_normal > self.zpeak_after:  # the baseline's std means something by now
                 d = ent.zpeak * self.zdecay

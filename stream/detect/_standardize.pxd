@@ -29,7 +29,7 @@ cdef class Baseline:
     cdef Layout lay              # keys / positions (shared; copied before a change)
     cdef double* mean
     cdef double* var
-    cdef char* present
+    cdef unsigned char* present  # 0: not in the baseline; else windows learned (capped at 255)
     cdef int* order              # positions in the baseline, in the order they entered it
     cdef Py_ssize_t cap, norder
     # the last window's vector (obs order): positions, values, z

@@ -224,7 +224,7 @@ cdef class Baseline:
         cdef double* m = <double*> blk
         cdef double* v = m + cap
         cdef int* o = <int*> (v + cap)
-        cdef char* p = <char*> (o + cap)
+        cdef unsigned char* p = <unsigned char*> (o + cap)
         if k:
             memcpy(m, self.mean, k * sizeof(double))
             memcpy(v, self.var, k * sizeof(double))
@@ -370,7 +370,7 @@ cdef class Baseline:
         self.zn = 0
         return obs, n_bad
 
-    def standardize(self, tuple presence, double inv_scale=0.125, bint build=True):
+    def standardize(self, tuple presence, double inv_scale=0.125, bint build=True, int young=0):
         """z of every feature of the last vector against the baseline, and the window's tests.
 
         Returns ``(x, d2, zmax, zfeat, n_z)``: x the z squashed into [0, 1] for the trees (a dict
@@ -381,6 +381,13 @@ cdef class Baseline:
         [-4, 4] onto [0, 1]). The z values: :meth:`z_dict`. With ``build=False`` x is not built
         (``None``): the engine's trees read it from the z (``HSTCore.score_base``), and
         :meth:`x_dict` builds the same dict later.
+
+        A feature learned from fewer than ``young`` windows (it joined the baseline after the
+        others: a metric that appeared later) is treated as one without a baseline, z 0, until
+        its variance means something: seeded from one or two windows it is a fraction of the
+        real one, and the feature's z would be huge for ever (an anomalous window is not
+        learned). The engine passes ``min(normal windows learned, warmup_windows)``, so features
+        there from the start are never young.
         """
         cdef dict x = {} if build else None
         cdef Py_ssize_t i, p, n_z = 0
@@ -390,7 +397,7 @@ cdef class Baseline:
         for i in range(self.on):
             p = self.opos[i]
             k = keys[p]
-            if not self.present[p]:
+            if self.present[p] == 0 or self.present[p] < young:
                 self.oz[i] = 0.0
                 if build:
                     PyDict_SetItem(x, k, 0.5)
@@ -446,28 +453,43 @@ cdef class Baseline:
             PyDict_SetItem(z, keys[self.opos[i]], self.oz[i])
         return z
 
-    def learn(self, double a):
+    def learn(self, double a, int settle=0):
         """Fold the last vector into the baseline with weight ``a``.
 
         mean <- m + a (v - m), var <- (1 - a)(var + a (v - m)^2); a feature new to the baseline
-        starts at its value with variance 0 (and is listed after the others).
+        starts at its value with variance 0 (and is listed after the others). A feature learned
+        from n < ``settle`` windows takes weight 1 / (n + 1) instead (a running mean and
+        variance), as the entity's own warm-up does: a feature that joins a settled baseline
+        then gets its own warm-up instead of a variance the EWMA would take ~1 / a windows to
+        grow (the engine passes ``min(warmup_windows, 255)``; 0: the old rule). The count of
+        windows a feature was learned from is kept, up to 255.
         """
-        cdef double b = 1.0 - a, v, m, d
+        cdef double b = 1.0 - a, v, m, d, w, c
         cdef Py_ssize_t i, p
+        cdef unsigned char n
         for i in range(self.on):
             p = self.opos[i]
             v = self.oval[i]
-            if not self.present[p]:
+            n = self.present[p]
+            if n == 0:
                 self.present[p] = 1
                 self.mean[p] = v
                 self.var[p] = 0.0
                 self.order[self.norder] = <int> p
                 self.norder += 1
                 continue
+            if n < 255:
+                self.present[p] = n + 1
             m = self.mean[p]
             d = v - m
-            self.mean[p] = m + a * d
-            self.var[p] = b * (self.var[p] + a * d * d)
+            if n < settle:
+                w = 1.0 / (n + 1)
+                c = 1.0 - w
+                self.mean[p] = m + w * d
+                self.var[p] = c * (self.var[p] + w * d * d)
+            else:
+                self.mean[p] = m + a * d
+                self.var[p] = b * (self.var[p] + a * d * d)
 
     # -- dict views (alerts, durable state) -------------------------------------------------
     def get(self, key, default=None):
@@ -510,34 +532,55 @@ cdef class Baseline:
         return self._in_order(self.var)
 
     def state(self):
-        """``(keys, values)``: the features in baseline order and their means then variances as
-        float64 bytes (native order): the compact form of ``mean_dict()`` and ``var_dict()`` in
-        an entity's serialized state (formatting ~90 floats as JSON took more time than the rest
-        of the export)."""
+        """``(keys, values)``: the features in baseline order, and their means then variances as
+        float64 bytes (native order) followed by the number of windows each was learned from
+        (one byte each, capped at 255): the compact form of ``mean_dict()``, ``var_dict()`` and
+        ``counts()`` in an entity's serialized state (formatting ~90 floats as JSON took more
+        time than the rest of the export)."""
         cdef list keys = self.lay.keys
         cdef list out = []
         cdef Py_ssize_t i, p, n = self.norder
-        cdef bytes b = PyBytes_FromStringAndSize(NULL, 2 * n * sizeof(double))
+        cdef bytes b = PyBytes_FromStringAndSize(NULL, 2 * n * sizeof(double) + n)
         cdef double* d = <double*> PyBytes_AS_STRING(b)
+        cdef unsigned char* c = <unsigned char*> (d + 2 * n)
         for i in range(n):
             p = self.order[i]
             out.append(keys[p])
             d[i] = self.mean[p]
             d[n + i] = self.var[p]
+            c[i] = self.present[p]
         return out, b
 
     def load_state(self, list keys, bytes values):
-        """Inverse of :meth:`state`."""
+        """Inverse of :meth:`state`. A state written before the counts were kept (means and
+        variances only) loads every feature as settled (count 255), as it was used then."""
         cdef Py_ssize_t i, n = len(keys)
-        if len(values) != 2 * n * sizeof(double):
+        cdef bint counted = len(values) == 2 * n * sizeof(double) + n
+        if not counted and len(values) != 2 * n * sizeof(double):
             raise ValueError(f"baseline state: {len(values)} bytes for {n} features")
         cdef const double* d = <const double*> PyBytes_AS_STRING(values)
+        cdef const unsigned char* c = <const unsigned char*> (d + 2 * n)
         mean = {}
         var = {}
         for i in range(n):
             mean[keys[i]] = d[i]
             var[keys[i]] = d[n + i]
         self.load(mean, var)
+        if counted:
+            for i in range(n):
+                if c[i] == 0:
+                    raise ValueError(f"baseline state: feature {keys[i]!r} has count 0")
+                self.present[self.order[i]] = c[i]
+
+    def counts(self):
+        """``{key: windows learned (capped at 255)}`` in the order the features entered the baseline."""
+        cdef dict out = {}
+        cdef list keys = self.lay.keys
+        cdef Py_ssize_t i, p
+        for i in range(self.norder):
+            p = self.order[i]
+            PyDict_SetItem(out, keys[p], self.present[p])
+        return out
 
     def clear(self):
         """Forget every feature (positions are kept; features re-enter in their new order).
@@ -550,7 +593,8 @@ cdef class Baseline:
         self.norder = 0
 
     def load(self, dict mean, dict var):
-        """Replace the baseline with ``mean`` / ``var`` dicts (same keys, in baseline order)."""
+        """Replace the baseline with ``mean`` / ``var`` dicts (same keys, in baseline order); each
+        feature counts as settled (255 windows learned)."""
         cdef Py_ssize_t p
         cdef Layout lay0 = self.lay
         cdef Py_ssize_t n0 = len(lay0.keys)
@@ -562,7 +606,7 @@ cdef class Baseline:
                 p = self._pos(k)
                 self.mean[p] = PyFloat_AsDouble(m)
                 self.var[p] = PyFloat_AsDouble(var[k])
-                self.present[p] = 1
+                self.present[p] = 255
                 self.order[self.norder] = <int> p
                 self.norder += 1
         finally:

@@ -206,6 +206,9 @@ class Detector:
         self._has_mean = "mean" in self._feats
         self._watching = spec.missing_after_windows > 0
         self._score_type = score_typecode(spec.model)
+        # windows a feature new to a settled baseline is learned from with a running mean first
+        # (its own warm-up; Baseline.learn counts up to 255)
+        self._settle = min(spec.warmup_windows, 255)
         # what the compiled sample loops take besides the entity: the window store, its pool, index,
         # heaps, window size and lateness, the gap span and whether silence is watched (all fixed
         # for the detector's life: built once, not per call)
@@ -660,7 +663,11 @@ class Detector:
         # (stream/detect/_standardize.pyx, the Python rule in tests/unit/test_standardize.py).
         # x is built as a dict only to add imputed features (0.5); otherwise the trees read it
         # from the baseline's vector (score_base / learn_base: the same x, no dict)
-        x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES, _INV_Z_SCALE, bool(imp))
+        # a feature that joined the baseline after the others (a metric that appeared later) is
+        # left out (z 0) until it has been learned from as many windows as the entity's warm-up
+        # (Baseline.standardize's young; Baseline.learn gives it its own running-mean warm-up)
+        x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES, _INV_Z_SCALE, bool(imp),
+                                                   min(ent.n_normal, self._settle))
         for k in imp:
             x[k] = 0.5
         warm = ent.n_normal >= spec.warmup_windows
@@ -781,7 +788,7 @@ class Detector:
         """Learn the entity's last window vector (the one :meth:`_features` computed) into its baseline."""
         a = self.alpha if ent.n_normal >= self.spec.warmup_windows else 1.0 / (ent.n_normal + 1)
         # mean <- m + a (v - m), var <- (1 - a)(var + a (v - m)^2); a new feature starts at its value
-        ent.base.learn(a)
+        ent.base.learn(a, self._settle)
         ent.n_normal += 1
 
     def _drift(self, ent: _Entity, w: ClosedWindow, info: dict | None = None) -> dict | None:

@@ -234,17 +234,27 @@ def _as_version_2(blob: bytes) -> bytes:
     model = blob[at + 4:at + 4 + m]
     at += 4 + m
     b = int.from_bytes(blob[at:at + 4], "big")
-    base = array("d", blob[at + 4:at + 4 + b])
+    keys = body.pop("keys")
+    base = array("d", blob[at + 4:at + 4 + 16 * len(keys)])  # (then a count byte per feature: not in version 2)
     at += 4 + b
     k = int.from_bytes(blob[at:at + 4], "big")
     scores = array(body.pop("score_type"), blob[at + 4:at + 4 + k])
     adw = blob[at + 4 + k:]
-    keys = body.pop("keys")
     body["mean"] = dict(zip(keys, base[:len(keys)]))
     body["var"] = dict(zip(keys, base[len(keys):]))
     body["scores"] = list(scores)
     head = orjson.dumps(body)
     return bytes([2]) + len(head).to_bytes(4, "big") + head + len(model).to_bytes(4, "big") + model + adw
+
+
+def _settled(blob: bytes) -> bytes:
+    """A version-3 state blob with every baseline feature's count of learned windows set to 255."""
+    n = int.from_bytes(blob[1:5], "big")
+    keys = orjson.loads(blob[5:5 + n])["keys"]
+    at = 5 + n
+    at += 4 + int.from_bytes(blob[at:at + 4], "big")  # (the model)
+    counts = at + 4 + 16 * len(keys)
+    return blob[:counts] + bytes([255]) * len(keys) + blob[counts + len(keys):]
 
 
 def test_open_gap_survives_a_restart_and_version_1_state_is_read():
@@ -266,7 +276,9 @@ def test_open_gap_survives_a_restart_and_version_1_state_is_read():
     v2 = _as_version_2(blob)
     two = Detector(spec)
     two.import_state("t/host=x", v2)
-    assert two.export_state("t/host=x") == blob
+    # (version 2 kept no count of windows per feature: its features load as settled)
+    assert set(two.entities["t/host=x"].base.counts().values()) == {255}
+    assert two.export_state("t/host=x") == _settled(blob) != blob
     # a version-1 blob (no per-metric times, no gap incident) still loads and is watched
     n = int.from_bytes(v2[1:5], "big")
     body = orjson.loads(v2[5:5 + n])

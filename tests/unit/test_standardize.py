@@ -47,13 +47,13 @@ def ref_features(summary, expected, feats):
     return out, bad
 
 
-def ref_standardize(obs, mean, var):
+def ref_standardize(obs, mean, var, counts=None, young=0):
     z, x = {}, {}
     zmax, zfeat, n_z, d2 = 0.0, None, 0, 0.0
     inv_scale = 1.0 / Z_SCALE
     for k, v in obs.items():
         m = mean.get(k)
-        if m is None:
+        if m is None or (counts is not None and counts[k] < young):  # (young: learned from too few windows)
             z[k] = 0.0
             x[k] = 0.5
             continue
@@ -72,15 +72,25 @@ def ref_standardize(obs, mean, var):
     return z, x, d2, zmax, zfeat, n_z
 
 
-def ref_learn(feats, mean, var, a):
+def ref_learn(feats, mean, var, a, counts=None, settle=0):
     b = 1.0 - a
     for k, v in feats.items():
         m = mean.get(k)
         if m is None:
             mean[k] = v
             var[k] = 0.0
+            if counts is not None:
+                counts[k] = 1
             continue
         d = v - m
+        n = counts[k] if counts is not None else 255
+        if counts is not None and n < 255:
+            counts[k] = n + 1
+        if n < settle:  # a feature's own warm-up: a running mean and variance
+            w = 1.0 / (n + 1)
+            mean[k] = m + w * d
+            var[k] = (1.0 - w) * (var[k] + w * d * d)
+            continue
         mean[k] = m + a * d
         var[k] = b * (var[k] + a * d * d)
 
@@ -119,8 +129,12 @@ def _window_summary(rng, metrics, step):
     return out
 
 
-def _run(seed, n_windows=120, feats=FEATS, reload_every=0, as_summary=False):
+def _run(seed, n_windows=120, feats=FEATS, reload_every=0, as_summary=False, settle=0):
+    """``settle`` > 0: features are counted, young ones (learned from fewer than
+    ``min(n, settle)`` windows) left out of the tests, and a feature's first ``settle`` windows
+    learned with a running mean (the engine's rule for a feature that joins late)."""
     rng = random.Random(seed)
+    counts = {} if settle else None
     metrics = ["m0", "zz", "a:b", "cpu", "m1"][: rng.randint(1, 5)]
     keys: dict = {}
     base = Baseline()
@@ -139,23 +153,35 @@ def _run(seed, n_windows=120, feats=FEATS, reload_every=0, as_summary=False):
         obs, bad = base.features(given, expected, feats, keys)
         r_obs, r_bad = ref_features(summary, expected, feats)
         assert bits(obs) == bits(r_obs) and bad == r_bad
-        x, d2, zmax, zfeat, n_z = base.standardize(PRESENCE)
-        rz, rx, rd2, rzmax, rzfeat, rn_z = ref_standardize(r_obs, mean, var)
+        young = min(n, settle)
+        x, d2, zmax, zfeat, n_z = base.standardize(PRESENCE, 0.125, True, young)
+        rz, rx, rd2, rzmax, rzfeat, rn_z = ref_standardize(r_obs, mean, var, counts, young)
         assert bits(base.z_dict()) == bits(rz)
         assert bits(x) == bits(rx)
         assert bits((d2, zmax, zfeat, n_z)) == bits((rd2, rzmax, rzfeat, rn_z))
         if rng.random() < 0.8:  # a normal window is learned
             a = 0.05 if n >= 10 else 1.0 / (n + 1)
-            base.learn(a)
-            ref_learn(r_obs, mean, var, a)
+            base.learn(a, settle)
+            ref_learn(r_obs, mean, var, a, counts, settle)
             n += 1
         if rng.random() < 0.02:  # drift: the baseline starts over
             base.clear()
             mean.clear(); var.clear()
+            if counts is not None:
+                counts.clear()
             n = 0
         if reload_every and step % reload_every == reload_every - 1:  # restart from the state
-            base = Baseline()
-            base.load(dict(mean), dict(var))
+            if settle and step % (2 * reload_every) == reload_every - 1:  # the serialized state keeps the counts
+                keys_, values = base.state()
+                base = Baseline()
+                base.load_state(keys_, values)
+            else:  # mean and var dicts (an old state): every feature counts as settled
+                base = Baseline()
+                base.load(dict(mean), dict(var))
+                if counts is not None:
+                    counts.update(dict.fromkeys(counts, 255))
+        if counts is not None:
+            assert base.counts() == counts
         for m, s in summary.items():
             e = expected.get(m)
             expected[m] = s["count"] if e is None else e + 0.05 * (s["count"] - e)
@@ -165,6 +191,30 @@ def _run(seed, n_windows=120, feats=FEATS, reload_every=0, as_summary=False):
         for k in list(mean)[:3] + ["nope:mean"]:
             assert bits(base.get(k)) == bits(mean.get(k)) and (k in base) == (k in mean)
             assert bits(base.get_var(k)) == bits(var.get(k))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_late_features_get_their_own_warm_up_as_the_python_rule_says(seed):
+    _run(seed, n_windows=160, settle=10)
+    _run(seed, n_windows=160, settle=10, reload_every=23, as_summary=True)
+    _run(seed, n_windows=160, settle=300)  # (past the 255 a count holds)
+
+
+def test_a_state_without_counts_loads_its_features_as_settled():
+    base = Baseline()
+    base.features({"m": {f: 1.0 for f in SUMMARY_FIELDS}}, {}, ("mean", "max"), {})
+    base.learn(1.0, 10)
+    base.learn(0.5, 10)
+    keys, values = base.state()
+    assert base.counts() == {"m:mean": 2, "m:max": 2} and len(values) == 2 * 16 + 2
+    old = Baseline()
+    old.load_state(keys, values[:32])  # as written before the counts were kept
+    assert old.counts() == {"m:mean": 255, "m:max": 255} and old.mean_dict() == base.mean_dict()
+    again = Baseline()
+    again.load_state(keys, values)
+    assert again.counts() == base.counts() and again.state() == base.state()
+    with pytest.raises(ValueError, match="bytes for 2 features"):
+        Baseline().load_state(keys, values[:33])
 
 
 @pytest.mark.parametrize("seed", range(12))
