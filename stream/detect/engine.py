@@ -703,8 +703,9 @@ class Detector:
                 out.append(a)
         else:
             # back to normal means close to baseline again, not merely a lower rank among recent
-            # scores (those include the incident's own): a level shift stays firing until it ends
-            # or ADWIN declares it the new normal
+            # scores (those include the incident's own): a level shift stays firing until it ends.
+            # ADWIN sees only normal windows, so it re-baselines a slow ramp, not an abrupt shift
+            # that keeps every window anomalous (README, Known gaps)
             near = d2 < _chi2_isf(_RESOLVE_P, max(1, dof))
             ent.normal_streak = ent.normal_streak + 1 if near else 0
             if ent.incident is not None and ent.normal_streak >= spec.resolve_after:
