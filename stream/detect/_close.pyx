@@ -80,12 +80,6 @@ cdef class Entity:
         return self.base.var_dict()
 
 
-cdef inline double _count(object s) except? -1.0:
-    if type(s) is Summary:
-        return (<Summary> s).v[0]
-    return s["count"]
-
-
 cdef class WindowClose:
     """``close(entity, window) -> alerts`` for one detector (its constants read once)."""
 
@@ -259,10 +253,15 @@ cdef class WindowClose:
             out.append(drift_alert)
         # learn (after scoring: strictly online); first the expected sample count per window
         for metric, s in summary.items():
-            cnt = _count(s)
+            if type(s) is Summary:  # (the engine's; a test may hand dicts: s["count"] as it is)
+                cnt = (<Summary> s).v[0]
+                first = int(cnt)
+            else:
+                first = s["count"]
+                cnt = first
             ep = PyDict_GetItem(expected, metric)
             if ep is NULL:
-                PyDict_SetItem(expected, metric, int(cnt))
+                PyDict_SetItem(expected, metric, first)
             else:
                 e = <object> ep
                 PyDict_SetItem(expected, metric, e + 0.05 * (cnt - e))
