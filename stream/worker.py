@@ -86,8 +86,8 @@ def window_key(key: bytes, slot: int) -> bytes:
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 # first two bytes of a state packed by pack_state: an LZ4 block with its size stored after them.
-# No other stored form starts with 0xB4: engine versions start with 1-3 (whole states) or 0x21 /
-# 0x22 (parts), zlib with 0x78, zstd with 0x28.
+# No other stored form starts with 0xB4: engine versions start with 1-4 (whole states) or 0x21 /
+# 0x22 / 0x23 (parts), zlib with 0x78, zstd with 0x28.
 _LZ4_TAG = b"\xb4\x01"
 
 

@@ -23,6 +23,8 @@ from cpython.ref cimport PyObject
 from stream.detect._standardize cimport Baseline
 from stream.detect._window cimport Summary
 
+import weakref
+
 from stream.detect._standardize import count_below
 from stream.detect._hst import HSTCore
 
@@ -83,7 +85,7 @@ cdef class Entity:
 cdef class WindowClose:
     """``close(entity, window) -> alerts`` for one detector (its constants read once)."""
 
-    cdef object det, make_model, model_params, step_means, adwin, adwin_step, chi2, zcrit
+    cdef object det_ref, make_model, model_params, step_means, adwin, adwin_step, chi2, zcrit
     cdef tuple feats, presence
     cdef dict fkeys, chi2_cache, resolve_cache, zcrit_cache
     cdef double size, alpha, zdecay, grade, score_floor, distance_p, feature_p, peak_ratio
@@ -95,7 +97,7 @@ cdef class WindowClose:
                  step_means, adwin, adwin_step):
         spec = det.spec
         thr = spec.threshold
-        self.det = det
+        self.det_ref = weakref.ref(det)  # (the detector holds this object: no cycle)
         self.feats = det._feats
         self.fkeys = det._fkeys  # (the detector's cache, shared: filled as metrics appear)
         self.presence = presence
@@ -156,7 +158,7 @@ cdef class WindowClose:
         cdef long gap = 0, n_z, dof, nsc
         cdef bint has_imp, warm, multi, single, anomalous
         cdef PyObject* ep
-        det = self.det
+        det = self.det_ref()
         if ent.last_end > -INFINITY:
             # int(round(x)) of Python: round half to even, as nearbyint in the default rounding mode
             g = nearbyint((start - ent.last_end) / self.size)
@@ -187,7 +189,7 @@ cdef class WindowClose:
         # standardize against the entity's baseline (see Detector._on_window_py)
         # (a feature that joined the baseline late is left out until it has its own warm-up)
         x, d2, zmax, zfeat, n_z = base.standardize(self.presence, self.inv_scale, has_imp,
-                                                   ent.n_normal if ent.n_normal < self.settle else self.settle)
+                                                   self.settle if ent.n_normal >= self.warmup else 0)
         if has_imp:
             for k in imp:
                 x[k] = 0.5
@@ -279,7 +281,7 @@ cdef class WindowClose:
                 else:
                     model.learn_base(base, self.inv_scale)
             a = self.alpha if ent.n_normal >= self.warmup else 1.0 / (ent.n_normal + 1)
-            base.learn(a, self.settle)
+            base.learn(a, self.settle if ent.n_normal >= self.warmup else 0)
             ent.n_normal += 1
             if ent.n_normal > self.zpeak_after:  # the baseline's std means something by now
                 d = ent.zpeak * self.zdecay

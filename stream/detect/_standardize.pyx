@@ -382,12 +382,12 @@ cdef class Baseline:
         (``None``): the engine's trees read it from the z (``HSTCore.score_base``), and
         :meth:`x_dict` builds the same dict later.
 
-        A feature learned from fewer than ``young`` windows (it joined the baseline after the
-        others: a metric that appeared later) is treated as one without a baseline, z 0, until
-        its variance means something: seeded from one or two windows it is a fraction of the
-        real one, and the feature's z would be huge for ever (an anomalous window is not
-        learned). The engine passes ``min(normal windows learned, warmup_windows)``, so features
-        there from the start are never young.
+        A feature learned from fewer than ``young`` windows (one that joined a settled baseline:
+        a metric that appeared later, see :meth:`learn`) is treated as one without a baseline,
+        z 0, until its variance means something: seeded from one or two windows it is a fraction
+        of the real one, and the feature's z would be huge for ever (an anomalous window is not
+        learned). The engine passes ``min(warmup_windows, 255)`` once the entity is warm, else 0;
+        features that joined during the entity's warm-up count as settled and are never young.
         """
         cdef dict x = {} if build else None
         cdef Py_ssize_t i, p, n_z = 0
@@ -457,12 +457,15 @@ cdef class Baseline:
         """Fold the last vector into the baseline with weight ``a``.
 
         mean <- m + a (v - m), var <- (1 - a)(var + a (v - m)^2); a feature new to the baseline
-        starts at its value with variance 0 (and is listed after the others). A feature learned
-        from n < ``settle`` windows takes weight 1 / (n + 1) instead (a running mean and
-        variance), as the entity's own warm-up does: a feature that joins a settled baseline
-        then gets its own warm-up instead of a variance the EWMA would take ~1 / a windows to
-        grow (the engine passes ``min(warmup_windows, 255)``; 0: the old rule). The count of
-        windows a feature was learned from is kept, up to 255.
+        starts at its value with variance 0 (and is listed after the others).
+
+        ``settle`` > 0 (the engine passes ``min(warmup_windows, 255)`` once the entity is warm):
+        a feature new to the baseline joins *late*, with a count of 1 learned window, and while
+        its count n < ``settle`` it takes weight 1 / (n + 1) instead of ``a`` (a running mean and
+        variance, as the entity's own warm-up): its own warm-up, instead of a variance the EWMA
+        would take ~1 / a windows to grow. ``settle`` 0 (the entity's warm-up): a new feature
+        counts as settled (255), and every feature learns with ``a``, the rule before counts.
+        The count of a late feature goes up by one per window learned, up to 255.
         """
         cdef double b = 1.0 - a, v, m, d, w, c
         cdef Py_ssize_t i, p
@@ -472,7 +475,7 @@ cdef class Baseline:
             v = self.oval[i]
             n = self.present[p]
             if n == 0:
-                self.present[p] = 1
+                self.present[p] = 1 if settle > 0 else 255
                 self.mean[p] = v
                 self.var[p] = 0.0
                 self.order[self.norder] = <int> p

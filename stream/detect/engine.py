@@ -64,10 +64,14 @@ from stream.detect._window import fold_rows as _fold_rows
 from stream.detect._window import fold_chunks as _fold_chunks
 from stream.detect.window import ClosedWindow, WindowStore
 
-STATE_VERSION = 3  # 3: baseline and score history as binary sections (2 and 1 still read)
-# 2: per-metric last-seen times, the missing-data incident, the |z| peak
-_READABLE_VERSIONS = (1, 2, 3)
-_PART_SAMPLES, _PART_WINDOWS = b"\x21", b"\x22"  # the two parts of export_parts (version 1 of each)
+STATE_VERSION = 4  # 4: a count of learned windows per baseline feature (3, 2 and 1 still read)
+# 3: baseline and score history as binary sections; 2: per-metric last-seen times, the
+# missing-data incident, the |z| peak
+_READABLE_VERSIONS = (1, 2, 3, 4)
+# the two parts of export_parts: the sample part (version 1) and the window part (0x23: version 2,
+# with the baseline's counts, as state version 4; 0x22, version 1, without them, is still read)
+_PART_SAMPLES, _PART_WINDOWS = b"\x21", b"\x23"
+_PART_WINDOWS_READ = (b"\x22", b"\x23")
 _Z_SCALE = 8.0  # z in [-4, 4] maps onto [0, 1] for the trees
 _INV_Z_SCALE = 1.0 / _Z_SCALE
 _RESOLVE_P = 1e-3  # a window counts as normal again when its distance from baseline is this probable
@@ -663,11 +667,11 @@ class Detector:
         # (stream/detect/_standardize.pyx, the Python rule in tests/unit/test_standardize.py).
         # x is built as a dict only to add imputed features (0.5); otherwise the trees read it
         # from the baseline's vector (score_base / learn_base: the same x, no dict)
-        # a feature that joined the baseline after the others (a metric that appeared later) is
-        # left out (z 0) until it has been learned from as many windows as the entity's warm-up
+        # a feature that joined the baseline after the entity's warm-up (a metric that appeared
+        # later) is left out (z 0) until it has been learned from as many windows as the warm-up
         # (Baseline.standardize's young; Baseline.learn gives it its own running-mean warm-up)
         x, d2, zmax, zfeat, n_z = base.standardize(_PRESENCE_FEATURES, _INV_Z_SCALE, bool(imp),
-                                                   min(ent.n_normal, self._settle))
+                                                   self._settle if ent.n_normal >= spec.warmup_windows else 0)
         for k in imp:
             x[k] = 0.5
         warm = ent.n_normal >= spec.warmup_windows
@@ -789,7 +793,7 @@ class Detector:
         """Learn the entity's last window vector (the one :meth:`_features` computed) into its baseline."""
         a = self.alpha if ent.n_normal >= self.spec.warmup_windows else 1.0 / (ent.n_normal + 1)
         # mean <- m + a (v - m), var <- (1 - a)(var + a (v - m)^2); a new feature starts at its value
-        ent.base.learn(a, self._settle)
+        ent.base.learn(a, self._settle if ent.n_normal >= self.spec.warmup_windows else 0)
         ent.n_normal += 1
 
     def _drift(self, ent: _Entity, w: ClosedWindow, info: dict | None = None) -> dict | None:
@@ -917,9 +921,10 @@ class Detector:
     def export_state(self, eid: str) -> bytes:
         """The entity's whole state (open windows, baseline, model, threshold, drift, lifecycle), versioned.
 
-        Version 3: ``[3] | u32 n | JSON head | u32 m | model | u32 b | baseline | u32 s | scores | ADWINs``
+        Version 4: ``[4] | u32 n | JSON head | u32 m | model | u32 b | baseline | u32 s | scores | ADWINs``
         (lengths big-endian). The head holds the lifecycle, the open windows and the baseline's
-        feature keys; the baseline's means and variances (float64) and the score history (its
+        feature keys; the baseline's means and variances (float64) then each feature's count of
+        learned windows (a byte; version 3 had no counts) and the score history (its
         array's bytes, float32 or float64 as ``head["score_type"]`` says) are binary: as JSON
         numbers, formatting them was most of the export's time. Native byte order (little-endian
         on every platform this runs on), as for the internal messages.
@@ -971,8 +976,8 @@ class Detector:
         the window part belongs in, which the sample part names. :meth:`import_parts` reads them;
         together they hold what :meth:`export_state` holds.
 
-        Sample part: ``[0x21] | JSON``. Window part: ``[0x22] | u32 n | JSON head | u32 m |
-        model | u32 b | baseline | u32 s | scores | ADWINs`` (the sections of version 3). Both
+        Sample part: ``[0x21] | JSON``. Window part: ``[0x23] | u32 n | JSON head | u32 m |
+        model | u32 b | baseline | u32 s | scores | ADWINs`` (the sections of version 4). Both
         carry ``n_windows``, which must agree when they are read back.
         """
         ent = self.entities[eid]
@@ -999,7 +1004,7 @@ class Detector:
             raise ValueError(f"not the sample part of an entity state: {fast[:1]!r}")
         body = orjson.loads(fast[1:])
         slow = slots[body["wslot"]]
-        if slow is None or slow[:1] != _PART_WINDOWS:
+        if slow is None or slow[:1] not in _PART_WINDOWS_READ:
             raise ValueError(f"entity state of {eid!r}: its window part (slot {body['wslot']}) is missing")
         head, model, base, scores, adw = self._sections(slow, 1)
         if head["n_windows"] != body["n_windows"]:

@@ -80,7 +80,7 @@ def ref_learn(feats, mean, var, a, counts=None, settle=0):
             mean[k] = v
             var[k] = 0.0
             if counts is not None:
-                counts[k] = 1
+                counts[k] = 1 if settle else 255  # (a late joiner, or settled as before counts)
             continue
         d = v - m
         n = counts[k] if counts is not None else 255
@@ -130,9 +130,10 @@ def _window_summary(rng, metrics, step):
 
 
 def _run(seed, n_windows=120, feats=FEATS, reload_every=0, as_summary=False, settle=0):
-    """``settle`` > 0: features are counted, young ones (learned from fewer than
-    ``min(n, settle)`` windows) left out of the tests, and a feature's first ``settle`` windows
-    learned with a running mean (the engine's rule for a feature that joins late)."""
+    """``settle`` > 0: once the baseline is warm (n >= 10 learned windows, when ``a`` becomes the
+    EWMA's), a feature that joins is counted from 1, learned with a running mean for its first
+    ``settle`` windows and left out of the tests until then (the engine's rule for a metric that
+    appears after the entity's warm-up); before that, features join settled, as without counts."""
     rng = random.Random(seed)
     counts = {} if settle else None
     metrics = ["m0", "zz", "a:b", "cpu", "m1"][: rng.randint(1, 5)]
@@ -153,16 +154,16 @@ def _run(seed, n_windows=120, feats=FEATS, reload_every=0, as_summary=False, set
         obs, bad = base.features(given, expected, feats, keys)
         r_obs, r_bad = ref_features(summary, expected, feats)
         assert bits(obs) == bits(r_obs) and bad == r_bad
-        young = min(n, settle)
-        x, d2, zmax, zfeat, n_z = base.standardize(PRESENCE, 0.125, True, young)
-        rz, rx, rd2, rzmax, rzfeat, rn_z = ref_standardize(r_obs, mean, var, counts, young)
+        now = settle if n >= 10 else 0  # (the engine: min(warmup_windows, 255) once warm, else 0)
+        x, d2, zmax, zfeat, n_z = base.standardize(PRESENCE, 0.125, True, now)
+        rz, rx, rd2, rzmax, rzfeat, rn_z = ref_standardize(r_obs, mean, var, counts, now)
         assert bits(base.z_dict()) == bits(rz)
         assert bits(x) == bits(rx)
         assert bits((d2, zmax, zfeat, n_z)) == bits((rd2, rzmax, rzfeat, rn_z))
         if rng.random() < 0.8:  # a normal window is learned
             a = 0.05 if n >= 10 else 1.0 / (n + 1)
-            base.learn(a, settle)
-            ref_learn(r_obs, mean, var, a, counts, settle)
+            base.learn(a, now)
+            ref_learn(r_obs, mean, var, a, counts, now)
             n += 1
         if rng.random() < 0.02:  # drift: the baseline starts over
             base.clear()
@@ -200,10 +201,27 @@ def test_late_features_get_their_own_warm_up_as_the_python_rule_says(seed):
     _run(seed, n_windows=160, settle=300)  # (past the 255 a count holds)
 
 
+def test_without_settle_counts_change_nothing():
+    """settle 0 (an entity in its warm-up, or before counts existed): features join settled and
+    learn with the weight given, as the rule before counts: the same floats as learning without
+    the argument."""
+    rng = random.Random(4)
+    a, b = Baseline(), Baseline()
+    for i in range(50):
+        summary = _window_summary(rng, ["m0", "m1", "late"] if i > 20 else ["m0", "m1"], i)
+        for base in (a, b):
+            base.features(summary, {}, FEATS, {})
+            base.standardize(PRESENCE, 0.125, False, 0)
+        a.learn(0.05)
+        b.learn(0.05, 0)
+    assert bits(a.mean_dict()) == bits(b.mean_dict()) and bits(a.var_dict()) == bits(b.var_dict())
+    assert set(a.counts().values()) == {255}
+
+
 def test_a_state_without_counts_loads_its_features_as_settled():
     base = Baseline()
     base.features({"m": {f: 1.0 for f in SUMMARY_FIELDS}}, {}, ("mean", "max"), {})
-    base.learn(1.0, 10)
+    base.learn(1.0, 10)  # (joined a warm baseline: counted from 1)
     base.learn(0.5, 10)
     keys, values = base.state()
     assert base.counts() == {"m:mean": 2, "m:max": 2} and len(values) == 2 * 16 + 2

@@ -139,3 +139,34 @@ def test_the_engine_runs_the_compiled_close():
     # a spec is frozen: the constants the close read at construction cannot go stale
     with pytest.raises(dataclasses.FrozenInstanceError):
         det.spec.window = 30.0  # type: ignore[misc]
+
+
+def test_window_summaries_given_as_dicts_as_the_python_rule():
+    """A window whose summaries are plain dicts (a float count among them): the compiled close
+    reads them as the Python rule does, down to the type of the first expected count."""
+    from stream.detect.window import SUMMARY_FIELDS, ClosedWindow
+
+    def run(python: bool):
+        det = Detector(SPECS["default"])
+        if python:
+            _python_close(det)
+        rng = random.Random(9)
+        det.ingest("a", {"host": "x"}, 0.0, 1.0)  # (creates the entity)
+        (ent,) = det.entities.values()
+        out = []
+        for i in range(60):
+            summary = {m: {f: 10.0 + rng.gauss(0, 1) for f in SUMMARY_FIELDS} for m in ("a", "b")}
+            summary["a"]["count"] = 3.0 if i % 7 else 2  # a float count, and an int one
+            summary["b"]["count"] = 4
+            for s in summary.values():
+                s.update(first_offset=i, last_offset=i, partition=0)
+            if i == 40:
+                summary["a"]["mean"] += 50.0
+            out += det._close_window(ent, ClosedWindow(ent.id, i * W, (i + 1) * W, summary))
+        alerts = [{k: v for k, v in a.items() if k != "created_at"} for a in out]
+        return alerts, det.export_state(ent.id), repr(ent.expected)
+
+    compiled, python = run(False), run(True)
+    assert compiled == python
+    assert "3.0" in compiled[2] or "2" in compiled[2]
+
