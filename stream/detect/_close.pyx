@@ -11,9 +11,13 @@ update. Cythonizing the engine's module as it was gained nothing (Python 3.11's 
 interpreter already runs untyped glue about as fast): the gain needs the entity's scalars typed,
 so :class:`Entity` is a cdef class and this pass reads them as C values. What only an alert, an
 imputation, a drift decision or a long gap needs stays in the engine's Python (``_impute``,
-``_drift_alert``, ``_lifecycle_alert``, ``_window_gaps``): those are rare.
+``_drift_alert``, ``_lifecycle_alert``, ``_window_gaps``): those are rare. A warm 5-metric
+window now takes ≈ 3.9 us, ≈ 3.3 of them in the kernels.
 
-The spec is frozen, so its constants are read once, when the detector is built.
+The spec is frozen, so its constants are read once, when the detector is built; so are the
+engine's helpers it calls (``make_model``, ``step_means``, ``ADWIN``...): a test that swaps one
+does it before building the detector. The close holds its detector by a weak reference (the
+detector holds the close).
 """
 
 from libc.math cimport INFINITY, nearbyint
