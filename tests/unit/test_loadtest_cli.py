@@ -61,3 +61,25 @@ def test_timeout_reaches_the_run_and_must_be_positive(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as e:
         main(["run", "--timeout", "0", "--report", str(tmp_path / "r.json")])
     assert e.value.code == 2 and "--timeout must be > 0" in capsys.readouterr().err and not seen
+
+
+def test_a_ratio_built_on_a_phase_under_two_seconds_is_not_judged():
+    """--quick's phases last about a second: start-up, not a sustained rate. The ratio targets say
+    so instead of met / not met; a full run's phases (the ceiling's ≈ 2.4 s, the service's ≈ 14 s)
+    are judged."""
+    from loadtest.report import markdown
+    from loadtest.run import targets
+
+    ratios = {"vs_naive": 20.7, "vs_ceiling": 0.51}
+    quick = {"ratios": ratios, "service": {"seconds": 0.989}, "ceiling": {"seconds": 0.504}, "naive": {"seconds": 20.5}}
+    t = targets(quick)
+    assert isinstance(t["ge_half_ceiling"], str) and "service 1.0 s, ceiling 0.5 s" in t["ge_half_ceiling"]
+    assert isinstance(t["ge_10x_naive"], str) and "service 1.0 s" in t["ge_10x_naive"] and "naive" not in t["ge_10x_naive"]
+    full = {"ratios": ratios, "service": {"seconds": 14.1}, "ceiling": {"seconds": 2.4}, "naive": {"seconds": 187.4}}
+    assert (targets(full)["ge_10x_naive"], targets(full)["ge_half_ceiling"]) == (True, True)
+    slow_ceiling = {**full, "ceiling": {"seconds": 1.9}}
+    assert targets(slow_ceiling)["ge_10x_naive"] is True and isinstance(targets(slow_ceiling)["ge_half_ceiling"], str)
+    config = {"tag": "q", "entities": 100, "metrics": 5, "batch": 25, "step": 30.0, "hours": 6.0, "partitions": 4,
+              "cores": 2}
+    text = markdown({"config": config, **quick, "targets": t}, [])
+    assert "target ≥ 0.5: not judged" in text and "target ≥ 10×: not judged" in text
