@@ -87,7 +87,21 @@ cdef class Entity:
 
 
 cdef class WindowClose:
-    """``close(entity, window) -> alerts`` for one detector (its constants read once)."""
+    """``close(entity, window) -> alerts`` for one detector (its constants read once).
+
+    A detector builds its own and calls it for every closed window (``Detector._emit``):
+
+    >>> from stream.detect.engine import Detector
+    >>> from stream.detect.spec import DetectorSpec
+    >>> det = Detector(DetectorSpec(window=60, warmup_windows=5))
+    >>> for i in range(10 * 60):  # ten minutes of one series, one sample a second
+    ...     _ = det.ingest("cpu", {"host": "a"}, float(i), 1.0 + (i % 7) * 0.1)
+    >>> type(det._wc).__name__, det._close_window == det._wc.close
+    ('WindowClose', True)
+    >>> ent = next(iter(det.entities.values()))
+    >>> type(ent).__name__, ent.n_windows, ent.n_normal, ent.incident
+    ('Entity', 9, 9, None)
+    """
 
     cdef object det_ref, make_model, model_params, step_means, adwin, adwin_step, chi2, zcrit
     cdef tuple feats, presence

@@ -19,7 +19,7 @@ from array import array
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from stream.detect import _standardize, _window
+from stream.detect import _close, _standardize, _window
 from stream.detect._standardize import Baseline, count_below
 import numpy as np
 from stream.detect.window import SUMMARY_FIELDS
@@ -328,7 +328,7 @@ def test_take_summary_is_summary_then_release(n):
     assert tuple(got) == SUMMARY_FIELDS
 
 
-@pytest.mark.parametrize("module", [_standardize, _window])
+@pytest.mark.parametrize("module", [_standardize, _window, _close])
 def test_module_examples(module):
     """The compiled modules' docstring examples (pytest collects doctests from .py files only)."""
     res = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
