@@ -166,7 +166,8 @@ def test_sigkill_mid_stream_loses_no_alert(reference, stream_env, tmp_path):
     "exactly_once does not hold end to end here (README, Delivery): faust-streaming picks a send's transaction "
     "by its destination partition, and the re-partitioning hop writes to every partition from each input "
     "partition, so one input record's effects span transactions committed one after another; a SIGKILL between "
-    "them duplicates (or drops) alerts. Passed 3 of 3 runs before 2026-11-26's changes, 2 of 7 after them; co-partitioned input, which would align the transactions, refuses exactly_once (README, Delivery)"))
+    "them duplicates (or drops) alerts. Passed 3 of 3 runs before 2026-11-26's changes, 2 of 7 after them; "
+    "co-partitioned input, which would align the transactions, refuses exactly_once (README, Delivery)"))
 def test_exactly_once_sigkill_read_committed_consumer_sees_each_alert_once(reference, kafka_bootstrap, tmp_path):
     """STREAM_PROCESSING_GUARANTEE=exactly_once (Faust over Kafka transactions): after a SIGKILL
     mid-stream and a restart, a read_committed consumer of `alerts` sees every alert of the
