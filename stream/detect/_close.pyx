@@ -28,6 +28,7 @@ from stream.detect._standardize cimport Baseline
 from stream.detect._window cimport Summary
 
 import weakref
+from array import array
 
 from stream.detect._standardize import count_below
 from stream.detect._hst import HSTCore
@@ -45,8 +46,6 @@ cdef class Entity:
     cdef public bint gap_flagged
 
     def __init__(self, eid, labels, long lane, score_type="d"):
-        from array import array
-
         self.id = eid
         self.labels = labels
         self.lane = lane
